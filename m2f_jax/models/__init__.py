@@ -1,0 +1,1 @@
+"""Flax (linen) modules of Mask2Former: backbones, pixel decoder, transformer decoder."""
