@@ -1,0 +1,30 @@
+r"""A tiny Mask2Former for tests, notebooks and CPU runs on the synthetic dataset.
+
+A ResNet with 4 narrow stages, 64-wide pixel and transformer decoders, 2 encoder and
+3 masked-attention layers, 16 queries. Tests and notebooks import this file; it is also the
+default of `train.py`.
+
+  python train.py --config configs/tiny.py --workdir /tmp/m2f_tiny
+"""
+
+import ml_collections
+
+from m2f_jax import config_lib
+
+
+def get_config(arg: str = ""):
+  del arg
+  backbone = ml_collections.ConfigDict(dict(
+      name="resnet", depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=16,
+      layer_type="bottleneck", downsample_in_bottleneck=False))
+  model = config_lib.model_config(backbone, num_classes=6, num_queries=16)
+  model.update(hidden_dim=64, feature_size=64, mask_feature_size=64, encoder_layers=2,
+               encoder_feedforward_dim=128, encoder_num_heads=4, decoder_layers=4, num_heads=4,
+               dim_feedforward=128)
+  config = config_lib.base_config(model=model, dataset="synthetic", task="panoptic",
+                                  max_steps=600, lr_schedule="poly", batch_size=8)
+  config.data.image_size = (128, 128)
+  config.loss.train_num_points = 1024
+  config.optim.learning_rate = 1e-3
+  config.optim.backbone_multiplier = 1.0
+  return config

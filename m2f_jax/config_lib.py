@@ -1,0 +1,145 @@
+"""Building blocks of the config files in `configs/`: the official Mask2Former defaults.
+
+Every config file composes these functions and overrides what its model-zoo entry changes,
+so no field is written twice. Values follow the official Detectron2 configs
+(facebookresearch/Mask2Former `configs/**/*.yaml`); the field names of `model` follow
+transformers' `Mask2FormerConfig` where one exists, so HF checkpoints map one to one.
+"""
+
+import ml_collections
+
+# ImageNet statistics on the 0..255 RGB scale, as the official configs (PIXEL_MEAN/STD).
+IMAGENET_MEAN = (123.675, 116.280, 103.530)
+IMAGENET_STD = (58.395, 57.120, 57.375)
+
+
+def resnet_backbone(depth: int = 50) -> ml_collections.ConfigDict:
+  """Detectron2's ResNet as the official configs use it (torchvision-style stride in 3x3)."""
+  depths = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
+  if depth not in depths:
+    raise ValueError(f"ResNet depth {depth} is not one of {sorted(depths)}")
+  return ml_collections.ConfigDict(dict(
+      name="resnet",
+      depths=depths[depth],
+      hidden_sizes=[256, 512, 1024, 2048],
+      embedding_size=64,
+      layer_type="bottleneck",
+      downsample_in_bottleneck=False,  # STRIDE_IN_1X1: False
+  ))
+
+
+# (embed_dim, depths, num_heads, window_size) of the official D2SwinTransformer configs.
+SWIN_VARIANTS = {
+    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24], 7),
+    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24], 7),
+    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32], 12),  # the 384 (window 12) release
+    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48], 12),
+}
+
+
+def swin_backbone(variant: str = "tiny") -> ml_collections.ConfigDict:
+  if variant not in SWIN_VARIANTS:
+    raise ValueError(f"Swin variant {variant!r} is not one of {sorted(SWIN_VARIANTS)}")
+  embed_dim, depths, num_heads, window = SWIN_VARIANTS[variant]
+  return ml_collections.ConfigDict(dict(
+      name="swin",
+      embed_dim=embed_dim,
+      depths=depths,
+      num_heads=num_heads,
+      window_size=window,
+      patch_size=4,
+      mlp_ratio=4.0,
+      qkv_bias=True,
+      drop_path_rate=0.3,
+      # transformers shrinks the window when a stage is smaller than it; the official code
+      # pads instead. Checkpoints imported from transformers set this to True.
+      adapt_window_to_input=False,
+  ))
+
+
+def model_config(backbone: ml_collections.ConfigDict, num_classes: int,
+                 num_queries: int = 100) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      backbone=backbone,
+      num_classes=num_classes,
+      num_queries=num_queries,
+      hidden_dim=256,            # MASK_FORMER.HIDDEN_DIM
+      feature_size=256,          # SEM_SEG_HEAD.CONVS_DIM
+      mask_feature_size=256,     # SEM_SEG_HEAD.MASK_DIM
+      encoder_layers=6,          # SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS
+      encoder_feedforward_dim=1024,
+      encoder_num_heads=8,
+      encoder_num_points=4,
+      decoder_layers=10,         # MASK_FORMER.DEC_LAYERS: 9 masked-attention layers + the queries
+      num_heads=8,               # MASK_FORMER.NHEADS
+      dim_feedforward=2048,
+      pre_norm=False,
+      enforce_input_projection=False,
+      common_stride=4,
+      dtype="float32",           # computation dtype: "float32" or "bfloat16"
+      pixel_mean=IMAGENET_MEAN,  # the normalization the checkpoint expects (RGB, 0..255)
+      pixel_std=IMAGENET_STD,
+  ))
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      no_object_weight=0.1,
+      class_weight=2.0,
+      mask_weight=5.0,
+      dice_weight=5.0,
+      train_num_points=12544,
+      oversample_ratio=3.0,
+      importance_sample_ratio=0.75,
+      deep_supervision=True,
+  ))
+
+
+def optim_config(max_steps: int, lr_schedule: str = "step",
+                 decay_steps=()) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      optimizer="adamw",
+      learning_rate=1e-4,
+      weight_decay=0.05,
+      backbone_multiplier=0.1,
+      clip_grad_norm=0.01,       # CLIP_TYPE full_model
+      warmup_steps=10 if lr_schedule == "step" else 0,
+      lr_schedule=lr_schedule,   # "step" (COCO) or "poly" (ADE20K, Cityscapes)
+      decay_steps=list(decay_steps),
+      decay_factor=0.1,
+      poly_power=0.9,
+      max_steps=max_steps,
+  ))
+
+
+def base_config(*, model: ml_collections.ConfigDict, dataset: str, task: str,
+                max_steps: int, lr_schedule: str = "step", decay_steps=(),
+                batch_size: int = 16) -> ml_collections.ConfigDict:
+  """A complete config: model, data, loss, optim, train and eval sections."""
+  config = ml_collections.ConfigDict()
+  config.model = model
+  config.data = ml_collections.ConfigDict(dict(
+      dataset=dataset, task=task, batch_size=batch_size, ignore_label=255))
+  config.loss = loss_config()
+  config.optim = optim_config(max_steps, lr_schedule, decay_steps)
+  config.train = ml_collections.ConfigDict(dict(
+      seed=0, checkpoint_every=5000, keep_checkpoints=3, log_every=20, bf16=False,
+      remat=False))
+  config.eval = ml_collections.ConfigDict(dict(
+      object_mask_threshold=0.8, overlap_threshold=0.8, instance_topk=100,
+      semantic_on=task == "semantic" or dataset == "coco_panoptic",
+      panoptic_on=task == "panoptic",
+      instance_on=task == "instance" or dataset == "coco_panoptic"))
+  config.init_from = ""
+  return config
+
+
+def backbone_from_arg(arg: str) -> ml_collections.ConfigDict:
+  """`r50`, `r101`, `swin_t`, `swin_s`, `swin_b`, `swin_l` -> a backbone config."""
+  resnets = {"r50": 50, "r101": 101}
+  swins = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base", "swin_l": "large"}
+  if arg in resnets:
+    return resnet_backbone(resnets[arg])
+  if arg in swins:
+    return swin_backbone(swins[arg])
+  raise ValueError(f"unknown backbone {arg!r}: use one of {sorted(resnets) + sorted(swins)}")

@@ -1,0 +1,73 @@
+r"""Converts a transformers or Detectron2 Mask2Former checkpoint to an m2f_jax checkpoint.
+
+  python -m m2f_jax.convert --from hf /path/to/hf_dir --output /tmp/m2f_ckpt
+  python -m m2f_jax.convert --from detectron2 model_final.pkl \
+      --config configs/coco_panoptic.py:r50 --output /tmp/m2f_ckpt
+
+The output directory holds `config.json` (a full m2f_jax config) and Orbax `variables/`.
+Nothing is written unless the whole checkpoint converts.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+from m2f_jax import checkpoint
+from m2f_jax import config_lib
+from m2f_jax.convert import core
+
+
+def load_config_file(spec: str):
+  """`path/to/config.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location("_m2f_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m m2f_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--from", dest="source_format", choices=("hf", "detectron2"), required=True)
+  parser.add_argument("source", help="transformers directory or Detectron2 .pkl file")
+  parser.add_argument("--output", required=True, help="checkpoint directory to write")
+  parser.add_argument("--config", help="config file[:arg] matching a Detectron2 checkpoint "
+                      "(e.g. configs/coco_panoptic.py:r50); for hf it is read from config.json")
+  parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+  args = parser.parse_args(argv)
+
+  from m2f_jax.convert import detectron2, hf  # pylint: disable=g-import-not-at-top
+  try:
+    if args.source_format == "hf":
+      with open(os.path.join(args.source, "config.json")) as f:
+        hf_cfg = json.load(f)
+      model_cfg = hf.hf_config_to_model_config(hf_cfg)
+      config = load_config_file(args.config) if args.config else config_lib.base_config(
+          model=model_cfg, dataset="custom", task="panoptic", max_steps=0)
+      config.model = model_cfg
+      config.data.class_names = hf.class_names_from_hf(hf_cfg)
+      _, variables = hf.load_hf(args.source)
+    else:
+      if not args.config:
+        parser.error("--from detectron2 needs --config (the config the checkpoint was trained with)")
+      config = load_config_file(args.config)
+      _, variables = detectron2.load_detectron2(args.source, config.model)
+  except (core.ConversionError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  try:
+    out = checkpoint.save_model(args.output, config, variables, overwrite=args.overwrite)
+  except FileExistsError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

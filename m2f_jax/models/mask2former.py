@@ -1,0 +1,106 @@
+"""Mask2Former: backbone -> MSDeformAttn pixel decoder -> masked-attention transformer decoder.
+
+The module tree mirrors transformers' `Mask2FormerForUniversalSegmentation` (`model.` prefix
+dropped): `pixel_level_module/encoder` (backbone), `pixel_level_module/decoder` (pixel
+decoder), `transformer_module` (queries, masked-attention decoder, mask head) and
+`class_predictor`, so its checkpoints convert by name (`m2f_jax.convert`).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from m2f_jax.models.backbones.resnet import ResNet
+from m2f_jax.models.backbones.swin import Swin
+from m2f_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
+from m2f_jax.models.transformer_decoder import TransformerModule
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class PixelLevelModule(nn.Module):
+  """Backbone (`encoder`) and pixel decoder (`decoder`)."""
+  encoder: nn.Module
+  decoder: nn.Module
+
+  def __call__(self, images, *, train: bool = False):
+    features = self.encoder(images, train=train)  # res2..res5, NHWC
+    return self.decoder(features, train=train)
+
+
+class Mask2Former(nn.Module):
+  """The universal segmentation network.
+
+  `__call__(images [B, H, W, 3], train=False)` with H, W multiples of 32 and images already
+  normalized returns a dict of float32 arrays:
+    pred_logits [B, Q, K+1]     class logits of the last layer (index K = no object),
+    pred_masks  [B, Q, H/4, W/4] mask logits of the last layer,
+    aux_logits  [L, B, Q, K+1]   the earlier predictions in order: index 0 comes from the
+    aux_masks   [L, B, Q, H/4, W/4] learnable queries before the first layer, L = layers.
+  """
+  pixel_level_module: PixelLevelModule
+  transformer_module: nn.Module
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jnp.ndarray, *, train: bool = False) -> dict[str, jnp.ndarray]:
+    b, h, w, c = images.shape
+    if c != 3 or h % 32 or w % 32:
+      raise ValueError(f"images must be [B, H, W, 3] with H and W multiples of 32 (pad them; "
+                       f"the evaluation transform does), got shape {images.shape}")
+    mask_features, multi_scale_features = self.pixel_level_module(
+        images.astype(self.dtype), train=train)
+    hidden_states, masks = self.transformer_module(
+        multi_scale_features, mask_features, train=train)  # [L+1, B, Q, C], [L+1, B, Q, h, w]
+    logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="class_predictor")(
+        hidden_states)  # [L+1, B, Q, K+1]
+    logits = logits.astype(jnp.float32)
+    masks = masks.astype(jnp.float32)
+    assert masks.shape[1:] == (b, masks.shape[2], h // 4, w // 4), masks.shape
+    return {
+        "pred_logits": logits[-1],
+        "pred_masks": masks[-1],
+        "aux_logits": logits[:-1],
+        "aux_masks": masks[:-1],
+    }
+
+
+def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> tuple[nn.Module, list[int]]:
+  """The backbone module and its res2..res5 channel counts."""
+  if cfg.name == "resnet":
+    backbone = ResNet(depths=tuple(cfg.depths), hidden_sizes=tuple(cfg.hidden_sizes),
+                      embedding_size=cfg.embedding_size, layer_type=cfg.layer_type,
+                      downsample_in_bottleneck=cfg.downsample_in_bottleneck, dtype=dtype)
+    return backbone, list(cfg.hidden_sizes)
+  if cfg.name == "swin":
+    backbone = Swin(embed_dim=cfg.embed_dim, depths=tuple(cfg.depths),
+                    num_heads=tuple(cfg.num_heads), window_size=cfg.window_size,
+                    patch_size=cfg.patch_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                    drop_path_rate=cfg.drop_path_rate,
+                    adapt_window_to_input=cfg.adapt_window_to_input, dtype=dtype)
+    return backbone, [cfg.embed_dim * 2**i for i in range(4)]
+  raise ValueError(f"model.backbone.name must be 'resnet' or 'swin', got {cfg.name!r}")
+
+
+def build_model(cfg: ml_collections.ConfigDict) -> Mask2Former:
+  """Mask2Former from the `model` section of a config (see `m2f_jax.config_lib`)."""
+  if cfg.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+  dtype = DTYPES[cfg.dtype]
+  backbone, channels = build_backbone(cfg.backbone, dtype)
+  pixel_decoder = MSDeformAttnPixelDecoder(
+      feature_channels=tuple(channels), feature_size=cfg.feature_size,
+      mask_feature_size=cfg.mask_feature_size, num_encoder_layers=cfg.encoder_layers,
+      encoder_feedforward_dim=cfg.encoder_feedforward_dim, num_heads=cfg.encoder_num_heads,
+      num_points=cfg.encoder_num_points, common_stride=cfg.common_stride, dtype=dtype)
+  transformer = TransformerModule(
+      num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
+      dim_feedforward=cfg.dim_feedforward, num_layers=cfg.decoder_layers - 1,
+      pre_norm=cfg.pre_norm, enforce_input_projection=cfg.enforce_input_projection,
+      mask_dim=cfg.mask_feature_size, dtype=dtype)
+  return Mask2Former(
+      pixel_level_module=PixelLevelModule(encoder=backbone, decoder=pixel_decoder),
+      transformer_module=transformer, num_classes=cfg.num_classes, dtype=dtype)
