@@ -68,20 +68,18 @@ class Mask2Former(nn.Module):
     }
 
 
-def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> tuple[nn.Module, list[int]]:
-  """The backbone module and its res2..res5 channel counts."""
+def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
+  """The backbone module (returns res2..res5)."""
   if cfg.name == "resnet":
-    backbone = ResNet(depths=tuple(cfg.depths), hidden_sizes=tuple(cfg.hidden_sizes),
+    return ResNet(depths=tuple(cfg.depths), hidden_sizes=tuple(cfg.hidden_sizes),
                       embedding_size=cfg.embedding_size, layer_type=cfg.layer_type,
                       downsample_in_bottleneck=cfg.downsample_in_bottleneck, dtype=dtype)
-    return backbone, list(cfg.hidden_sizes)
   if cfg.name == "swin":
-    backbone = Swin(embed_dim=cfg.embed_dim, depths=tuple(cfg.depths),
+    return Swin(embed_dim=cfg.embed_dim, depths=tuple(cfg.depths),
                     num_heads=tuple(cfg.num_heads), window_size=cfg.window_size,
                     patch_size=cfg.patch_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                     drop_path_rate=cfg.drop_path_rate,
                     adapt_window_to_input=cfg.adapt_window_to_input, dtype=dtype)
-    return backbone, [cfg.embed_dim * 2**i for i in range(4)]
   raise ValueError(f"model.backbone.name must be 'resnet' or 'swin', got {cfg.name!r}")
 
 
@@ -90,9 +88,9 @@ def build_model(cfg: ml_collections.ConfigDict) -> Mask2Former:
   if cfg.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
   dtype = DTYPES[cfg.dtype]
-  backbone, channels = build_backbone(cfg.backbone, dtype)
+  backbone = build_backbone(cfg.backbone, dtype)
   pixel_decoder = MSDeformAttnPixelDecoder(
-      feature_channels=tuple(channels), feature_size=cfg.feature_size,
+      feature_size=cfg.feature_size,
       mask_feature_size=cfg.mask_feature_size, num_encoder_layers=cfg.encoder_layers,
       encoder_feedforward_dim=cfg.encoder_feedforward_dim, num_heads=cfg.encoder_num_heads,
       num_points=cfg.encoder_num_points, common_stride=cfg.common_stride, dtype=dtype)

@@ -1,0 +1,403 @@
+"""ResNet backbone (res2..res5), as transformers' `ResNetBackbone` and Detectron2's ResNet.
+
+The computation follows transformers' `models/resnet/modeling_resnet.py` (what
+`Mask2FormerForUniversalSegmentation` builds as `model.pixel_level_module.encoder` from a
+`ResNetConfig`), which for the official Mask2Former R50/R101 settings equals Detectron2's
+`build_resnet_backbone`:
+
+  * stem ("basic"): 7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool with padding 1;
+  * bottleneck blocks 1x1 -> 3x3 -> 1x1 with the stride in the 3x3 convolution
+    (`downsample_in_bottleneck=False` = Detectron2 `STRIDE_IN_1X1: False` = torchvision);
+    `downsample_in_bottleneck=True` puts it in the first 1x1 (Detectron2's MSRA default);
+  * a projection shortcut (1x1 convolution + BatchNorm) wherever a block changes the channel
+    count or the resolution;
+  * convolutions without bias, padded by `kernel_size // 2` on every side (as torch does).
+
+Normalization is frozen, as in the official training (Detectron2 `NORM: "FrozenBN"`): every
+BatchNorm always normalizes with its running statistics (eps 1e-5), in `train` mode too, and
+no gradient flows into its scale, bias, mean or variance (Detectron2 keeps all four as
+buffers). transformers' `nn.BatchNorm2d` would instead use batch statistics in train mode;
+in eval mode the two are the same function. The scale and bias still live in the `params`
+collection (mean and var in `batch_stats`) so that checkpoints convert by the naming rule of
+`m2f_jax.convert.core`; optimizers should give them no weight decay (the official recipe
+never sees them).
+
+Flax names mirror transformers' state dict of `ResNetBackbone` (prefix
+`model.pixel_level_module.encoder.` inside Mask2Former): `embedder/embedder/{convolution,
+normalization}`, `encoder/stages_i/layers_j/layer_k/{convolution,normalization}` and
+`encoder/stages_i/layers_j/shortcut/{convolution,normalization}`.
+`torchvision_to_hf_names` and `detectron2_resnet_to_hf_names` rename the other two formats
+to those names.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+import functools
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+FEATURE_NAMES = ("res2", "res3", "res4", "res5")
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "gelu": functools.partial(nn.gelu, approximate=False),  # transformers' "gelu" is exact
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
+# torch's default for ResNet convolutions: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _activation(name: str | None):
+  if name is None:
+    return lambda x: x
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"ResNet hidden_act={name!r} is not supported; use one of "
+                     f"{sorted(_ACTIVATIONS)}.")
+  return _ACTIVATIONS[name]
+
+
+class FrozenBatchNorm(nn.Module):
+  """BatchNorm with frozen statistics and affine: Detectron2's `FrozenBatchNorm2d`.
+
+  Computes `x * s + (bias - mean * s)` with `s = scale / sqrt(var + epsilon)`, in float32,
+  which is `nn.BatchNorm2d` in eval mode. Variables: params `scale`, `bias`; batch_stats
+  `mean`, `var`; all behind `stop_gradient`.
+  """
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32).value
+    var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32).value
+    scale, bias, mean, var = jax.lax.stop_gradient((scale, bias, mean, var))
+    mul = scale * jax.lax.rsqrt(var + self.epsilon)
+    return (x.astype(jnp.float32) * mul + (bias - mean * mul)).astype(self.dtype)
+
+
+class ConvNorm(nn.Module):
+  """Convolution (no bias), frozen BatchNorm, optional activation.
+
+  transformers' `ResNetConvLayer` (and `ResNetShortCut` with kernel 1 and no activation);
+  Detectron2's `Conv2d(..., norm=FrozenBatchNorm2d)`.
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  activation: str | None = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, p = self.kernel_size, self.kernel_size // 2
+    x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride),
+                padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype,
+                kernel_init=_conv_init, name="convolution")(x)
+    x = FrozenBatchNorm(dtype=self.dtype, name="normalization")(x)
+    return _activation(self.activation)(x)
+
+
+class ResNetEmbeddings(nn.Module):
+  """The "basic" stem: 7x7/2 conv + BN + activation, then 3x3/2 max pool (padding 1).
+
+  transformers' `ResNetEmbeddings`; Detectron2's `BasicStem`. `nn.max_pool` pads with -inf,
+  as torch's `MaxPool2d` does.
+  """
+  embedding_size: int = 64
+  hidden_act: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = ConvNorm(self.embedding_size, 7, stride=2, activation=self.hidden_act,
+                 dtype=self.dtype, name="embedder")(x)
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class BottleneckLayer(nn.Module):
+  """1x1 reduce -> 3x3 -> 1x1 expand, plus the (projected) input, then the activation.
+
+  transformers' `ResNetBottleNeckLayer`; Detectron2's `BottleneckBlock` (groups 1,
+  dilation 1). The stride sits in the 3x3 conv unless `downsample_in_bottleneck`.
+  """
+  features: int
+  stride: int = 1
+  reduction: int = 4
+  downsample_in_bottleneck: bool = False
+  hidden_act: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    if x.shape[-1] != self.features or self.stride != 1:
+      residual = ConvNorm(self.features, 1, stride=self.stride, activation=None,
+                          dtype=self.dtype, name="shortcut")(x)
+    reduced = self.features // self.reduction
+    stride_1x1, stride_3x3 = ((self.stride, 1) if self.downsample_in_bottleneck
+                              else (1, self.stride))
+    h = ConvNorm(reduced, 1, stride=stride_1x1, activation=self.hidden_act, dtype=self.dtype,
+                 name="layer_0")(x)
+    h = ConvNorm(reduced, 3, stride=stride_3x3, activation=self.hidden_act, dtype=self.dtype,
+                 name="layer_1")(h)
+    h = ConvNorm(self.features, 1, activation=None, dtype=self.dtype, name="layer_2")(h)
+    return _activation(self.hidden_act)(h + residual)
+
+
+class BasicLayer(nn.Module):
+  """3x3 (strided) -> 3x3, plus the (projected) input, then the activation.
+
+  transformers' `ResNetBasicLayer`; Detectron2's `BasicBlock` (ResNet-18/34).
+  """
+  features: int
+  stride: int = 1
+  hidden_act: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    if x.shape[-1] != self.features or self.stride != 1:
+      residual = ConvNorm(self.features, 1, stride=self.stride, activation=None,
+                          dtype=self.dtype, name="shortcut")(x)
+    h = ConvNorm(self.features, 3, stride=self.stride, activation=self.hidden_act,
+                 dtype=self.dtype, name="layer_0")(x)
+    h = ConvNorm(self.features, 3, activation=None, dtype=self.dtype, name="layer_1")(h)
+    return _activation(self.hidden_act)(h + residual)
+
+
+class ResNetStage(nn.Module):
+  """`depth` residual layers; only the first one strides (transformers' `ResNetStage`)."""
+  features: int
+  depth: int
+  stride: int
+  layer_type: str = "bottleneck"
+  reduction: int = 4
+  downsample_in_bottleneck: bool = False
+  hidden_act: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for j in range(self.depth):
+      stride = self.stride if j == 0 else 1
+      if self.layer_type == "bottleneck":
+        layer = BottleneckLayer(
+            self.features, stride=stride, reduction=self.reduction,
+            # transformers applies downsample_in_bottleneck to the first layer only; the
+            # other layers have stride 1, where it makes no difference.
+            downsample_in_bottleneck=self.downsample_in_bottleneck and j == 0,
+            hidden_act=self.hidden_act, dtype=self.dtype, name=f"layers_{j}")
+      else:
+        layer = BasicLayer(self.features, stride=stride, hidden_act=self.hidden_act,
+                           dtype=self.dtype, name=f"layers_{j}")
+      x = layer(x)
+    return x
+
+
+class ResNetEncoder(nn.Module):
+  """The four stages (transformers' `ResNetEncoder`); returns every stage's output."""
+  depths: Sequence[int]
+  hidden_sizes: Sequence[int]
+  layer_type: str = "bottleneck"
+  reduction: int = 4
+  downsample_in_bottleneck: bool = False
+  downsample_in_first_stage: bool = False
+  hidden_act: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
+    outputs = []
+    for i, (features, depth) in enumerate(zip(self.hidden_sizes, self.depths)):
+      stride = 2 if i > 0 or self.downsample_in_first_stage else 1
+      x = ResNetStage(features, depth, stride, layer_type=self.layer_type,
+                      reduction=self.reduction,
+                      downsample_in_bottleneck=self.downsample_in_bottleneck,
+                      hidden_act=self.hidden_act, dtype=self.dtype, name=f"stages_{i}")(x)
+      outputs.append(x)
+    return tuple(outputs)
+
+
+class ResNet(nn.Module):
+  """ResNet backbone returning `{"res2", "res3", "res4", "res5"}` (strides 4, 8, 16, 32).
+
+  Fields mirror transformers' `ResNetConfig` (those that change the computation):
+    depths: layers per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+    hidden_sizes: output channels of each stage = channels of res2..res5.
+    embedding_size: channels of the stem.
+    layer_type: "bottleneck" (ResNet-50 and deeper) or "basic" (ResNet-18/34).
+    downsample_in_bottleneck: stride in the first 1x1 instead of the 3x3 (Detectron2
+      `STRIDE_IN_1X1`); False for Mask2Former's torchvision-initialized R50/R101.
+    downsample_in_first_stage: let res2 stride too (doubles every output stride).
+    reduction: bottleneck width = hidden_size // reduction (transformers fixes it at 4).
+    hidden_act: the activation ("relu" everywhere in Mask2Former).
+    dtype: computation dtype; parameters are float32 and BatchNorm computes in float32.
+  """
+  depths: Sequence[int]
+  hidden_sizes: Sequence[int]
+  embedding_size: int = 64
+  layer_type: str = "bottleneck"
+  downsample_in_bottleneck: bool = False
+  downsample_in_first_stage: bool = False
+  reduction: int = 4
+  hidden_act: str = "relu"
+  dtype: Any = jnp.float32
+
+  @property
+  def out_channels(self) -> dict[str, int]:
+    """Channels of each output feature, e.g. {"res2": 256, ..., "res5": 2048}."""
+    return dict(zip(FEATURE_NAMES, self.hidden_sizes))
+
+  @property
+  def out_strides(self) -> dict[str, int]:
+    """Stride of each output feature relative to the input image."""
+    first = 8 if self.downsample_in_first_stage else 4
+    return {name: first * 2**i for i, name in enumerate(FEATURE_NAMES)}
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """Maps `images [B, H, W, 3]` to NHWC features `res2..res5` (`[B, H/4, W/4, C2]` ...).
+
+    `train` changes nothing (no dropout; BatchNorm is frozen) and is accepted so that all
+    backbones share one call signature. Sizes follow torch's rounding for odd sizes:
+    each stride-2 step maps n to (n - 1) // 2 + 1.
+    """
+    del train
+    if len(self.depths) != 4 or len(self.hidden_sizes) != 4:
+      raise ValueError(f"ResNet needs 4 stages for res2..res5, got depths={self.depths}, "
+                       f"hidden_sizes={self.hidden_sizes}.")
+    if self.layer_type not in ("bottleneck", "basic"):
+      raise ValueError(f"ResNet layer_type={self.layer_type!r}; use 'bottleneck' or 'basic'.")
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"ResNet expects images [B, H, W, 3] (NHWC), got {images.shape}.")
+    x = ResNetEmbeddings(self.embedding_size, hidden_act=self.hidden_act, dtype=self.dtype,
+                         name="embedder")(images)  # [B, H/4, W/4, E]
+    stages = ResNetEncoder(
+        self.depths, self.hidden_sizes, layer_type=self.layer_type, reduction=self.reduction,
+        downsample_in_bottleneck=self.downsample_in_bottleneck,
+        downsample_in_first_stage=self.downsample_in_first_stage,
+        hidden_act=self.hidden_act, dtype=self.dtype, name="encoder")(x)
+    return dict(zip(FEATURE_NAMES, stages))  # res_k: [B, H/2^k, W/2^k, C_k]
+
+
+def resnet50(**kwargs) -> ResNet:
+  """Mask2Former's R50: torchvision-style bottlenecks, stem 64, res2..res5 256..2048."""
+  return ResNet(depths=(3, 4, 6, 3), hidden_sizes=(256, 512, 1024, 2048), embedding_size=64,
+                **kwargs)
+
+
+def resnet101(**kwargs) -> ResNet:
+  """Mask2Former's R101: as `resnet50` with 23 layers in res4."""
+  return ResNet(depths=(3, 4, 23, 3), hidden_sizes=(256, 512, 1024, 2048), embedding_size=64,
+                **kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# Renaming other ResNet checkpoint formats to transformers' ResNetBackbone names.
+# ----------------------------------------------------------------------------------------
+
+_BN_LEAVES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+_TORCHVISION_RULES = (
+    (re.compile(r"^conv1\.weight$"), lambda m: "embedder.embedder.convolution.weight"),
+    (re.compile(rf"^bn1\.{_BN_LEAVES}$"),
+     lambda m: f"embedder.embedder.normalization.{m[1]}"),
+    (re.compile(r"^layer([1-4])\.(\d+)\.conv([1-3])\.weight$"),
+     lambda m: f"{_layer(m[1], 1, m[2])}.layer.{int(m[3]) - 1}.convolution.weight"),
+    (re.compile(rf"^layer([1-4])\.(\d+)\.bn([1-3])\.{_BN_LEAVES}$"),
+     lambda m: f"{_layer(m[1], 1, m[2])}.layer.{int(m[3]) - 1}.normalization.{m[4]}"),
+    (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"),
+     lambda m: f"{_layer(m[1], 1, m[2])}.shortcut.convolution.weight"),
+    (re.compile(rf"^layer([1-4])\.(\d+)\.downsample\.1\.{_BN_LEAVES}$"),
+     lambda m: f"{_layer(m[1], 1, m[2])}.shortcut.normalization.{m[3]}"),
+)
+_TORCHVISION_DROP = re.compile(r"^fc\.")
+
+_DETECTRON2_RULES = (
+    (re.compile(r"^stem\.conv1\.weight$"), lambda m: "embedder.embedder.convolution.weight"),
+    (re.compile(rf"^stem\.conv1\.norm\.{_BN_LEAVES}$"),
+     lambda m: f"embedder.embedder.normalization.{m[1]}"),
+    (re.compile(r"^res([2-5])\.(\d+)\.conv([1-3])\.weight$"),
+     lambda m: f"{_layer(m[1], 2, m[2])}.layer.{int(m[3]) - 1}.convolution.weight"),
+    (re.compile(rf"^res([2-5])\.(\d+)\.conv([1-3])\.norm\.{_BN_LEAVES}$"),
+     lambda m: f"{_layer(m[1], 2, m[2])}.layer.{int(m[3]) - 1}.normalization.{m[4]}"),
+    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.weight$"),
+     lambda m: f"{_layer(m[1], 2, m[2])}.shortcut.convolution.weight"),
+    (re.compile(rf"^res([2-5])\.(\d+)\.shortcut\.norm\.{_BN_LEAVES}$"),
+     lambda m: f"{_layer(m[1], 2, m[2])}.shortcut.normalization.{m[3]}"),
+)
+# Detectron2's tools/convert-torchvision-to-d2.py files the ImageNet classifier as stem.fc.
+_DETECTRON2_DROP = re.compile(r"^(stem\.)?(fc|linear)\.")
+
+
+def _layer(stage: str, first: int, index: str) -> str:
+  return f"encoder.stages.{int(stage) - first}.layers.{int(index)}"
+
+
+def _rename(state_dict: Mapping[str, Any], rules, drop: re.Pattern[str], source: str,
+            strip_prefix: str = "") -> dict[str, Any]:
+  # Imported here: m2f_jax.convert imports this module, and models must not need convert.
+  from m2f_jax.convert.core import ConversionError  # pylint: disable=g-import-not-at-top
+  out: dict[str, Any] = {}
+  unknown = []
+  for name, value in state_dict.items():
+    key = name[len(strip_prefix):] if strip_prefix and name.startswith(strip_prefix) else name
+    if drop.search(key):
+      continue
+    for pattern, new_name in rules:
+      m = pattern.match(key)
+      if m:
+        target = new_name(m)
+        if target in out:
+          raise ConversionError(f"{source}: two tensors map to {target!r} (the second is "
+                                f"{name!r}); is a prefix applied twice?")
+        out[target] = value
+        break
+    else:
+      unknown.append(name)
+  if unknown:
+    raise ConversionError(
+        f"{source}: tensors that are not part of a ResNet backbone (select the backbone's "
+        f"tensors before renaming):\n  " + "\n  ".join(sorted(unknown)))
+  return out
+
+
+def torchvision_to_hf_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Renames a torchvision ResNet state dict to transformers' `ResNetBackbone` names.
+
+  `conv1`/`bn1` -> `embedder.embedder.{convolution,normalization}`,
+  `layer{s}.{j}.conv{k}`/`bn{k}` -> `encoder.stages.{s-1}.layers.{j}.layer.{k-1}.*`,
+  `layer{s}.{j}.downsample.0`/`.1` -> `...shortcut.{convolution,normalization}`; the
+  classifier `fc.*` is dropped. Values pass through untouched; names carry no prefix.
+
+  Raises:
+    ConversionError: naming every tensor that is not part of a torchvision ResNet.
+  """
+  return _rename(state_dict, _TORCHVISION_RULES, _TORCHVISION_DROP, "torchvision ResNet")
+
+
+def detectron2_resnet_to_hf_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Renames a Detectron2 ResNet state dict to transformers' `ResNetBackbone` names.
+
+  Accepts the names of a full Detectron2 model (`backbone.stem.conv1.weight`, ...) and of
+  an ImageNet-pretrained `R-50.pkl` (`stem.conv1.weight`, ...): `stem.conv1[.norm]` ->
+  `embedder.embedder.{convolution,normalization}`, `res{s}.{j}.conv{k}[.norm]` ->
+  `encoder.stages.{s-2}.layers.{j}.layer.{k-1}.*`, `res{s}.{j}.shortcut[.norm]` ->
+  `...shortcut.{convolution,normalization}`; a classifier (`stem.fc.*`, `fc.*`,
+  `linear.*`) is dropped. Values pass through untouched; names carry no prefix.
+
+  Raises:
+    ConversionError: naming every tensor that is not part of a Detectron2 ResNet (pass
+      only the `backbone.*` tensors of a full model).
+  """
+  return _rename(state_dict, _DETECTRON2_RULES, _DETECTRON2_DROP, "Detectron2 ResNet",
+                 strip_prefix="backbone.")

@@ -1,0 +1,220 @@
+"""Bilinear point sampling and multi-scale deformable attention.
+
+Checked against direct per-point loops (no torch needed), torch's `grid_sample`, transformers'
+`multi_scale_deformable_attention` and its deformable attention module, values and gradients.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m2f_jax.convert.core import abstract_variables
+from m2f_jax.convert.core import state_dict_to_variables
+from m2f_jax.models.ms_deform_attn import MSDeformAttn
+from m2f_jax.models.ms_deform_attn import multi_scale_deformable_attention
+from m2f_jax.ops import bilinear_sample
+from tests import reference
+
+SHAPES = ((3, 5), (2, 3), (1, 2))  # (H_l, W_l), non-square, one level a single row
+
+
+def _points(rng, batch, num_points):
+  """Random points in and around [0, 1]^2 plus the borders and pixel-grid lines exactly."""
+  pts = rng.uniform(-0.3, 1.3, size=(batch, num_points, 2)).astype(np.float32)
+  special = np.array([[0, 0], [1, 1], [0, 1], [1, 0], [0.5, 0.5], [0.1, 0.0], [1.0, 0.3],
+                      [-0.05, 0.5], [0.5, 1.05], [0.3, 0.7]], np.float32)
+  pts[:, :len(special)] = special
+  return pts
+
+
+def _direct_bilinear(values, points):
+  """grid_sample(align_corners=False, padding zeros) written out point by point."""
+  batch, height, width, channels = values.shape
+  out = np.zeros((batch, points.shape[1], channels), np.float64)
+  for b in range(batch):
+    for i, (px, py) in enumerate(points[b].astype(np.float64)):
+      x, y = px * width - 0.5, py * height - 0.5
+      x0, y0 = math.floor(x), math.floor(y)
+      for yy in (y0, y0 + 1):
+        for xx in (x0, x0 + 1):
+          if 0 <= xx < width and 0 <= yy < height:
+            weight = (1 - abs(x - xx)) * (1 - abs(y - yy))
+            out[b, i] += weight * values[b, yy, xx]
+  return out
+
+
+def _direct_msda(value, shapes, locations, weights):
+  """Deformable attention as a sum over queries, heads, levels, points and the 4 corners."""
+  batch, _, num_heads, head_dim = value.shape
+  _, num_queries, _, num_levels, num_points, _ = locations.shape
+  starts = np.cumsum([0] + [h * w for h, w in shapes])
+  out = np.zeros((batch, num_queries, num_heads, head_dim), np.float64)
+  for b in range(batch):
+    for q in range(num_queries):
+      for n in range(num_heads):
+        for lvl, (height, width) in enumerate(shapes):
+          level = value[b, starts[lvl]:starts[lvl + 1], n].reshape(height, width, head_dim)
+          for p in range(num_points):
+            x = locations[b, q, n, lvl, p, 0] * width - 0.5
+            y = locations[b, q, n, lvl, p, 1] * height - 0.5
+            x0, y0 = math.floor(x), math.floor(y)
+            for yy, wy in ((y0, y0 + 1 - y), (y0 + 1, y - y0)):
+              for xx, wx in ((x0, x0 + 1 - x), (x0 + 1, x - x0)):
+                if 0 <= xx < width and 0 <= yy < height:
+                  out[b, q, n] += weights[b, q, n, lvl, p] * wy * wx * level[yy, xx]
+  return out.reshape(batch, num_queries, num_heads * head_dim)
+
+
+def _msda_inputs(seed, batch=2, num_queries=5, num_heads=2, head_dim=3, num_points=2):
+  rng = np.random.default_rng(seed)
+  seq_len = sum(h * w for h, w in SHAPES)
+  value = rng.normal(size=(batch, seq_len, num_heads, head_dim)).astype(np.float32)
+  locations = rng.uniform(-0.2, 1.2, size=(batch, num_queries, num_heads, len(SHAPES),
+                                           num_points, 2)).astype(np.float32)
+  locations[0, 0, 0, :, 0] = (0.0, 0.0)  # exact borders
+  locations[0, 0, 1, :, 1] = (1.0, 1.0)
+  logits = rng.normal(size=(batch, num_queries, num_heads, len(SHAPES) * num_points))
+  weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  weights = weights.reshape(locations.shape[:-1]).astype(np.float32)
+  return value, locations, weights
+
+
+_msda = jax.jit(multi_scale_deformable_attention, static_argnums=1)
+
+
+# ----------------------------------------------------------------------------- bilinear_sample
+
+
+def test_bilinear_sample_matches_direct_loop():
+  rng = np.random.default_rng(0)
+  values = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
+  points = _points(rng, 2, 40)
+  got = np.asarray(bilinear_sample(jnp.asarray(values), jnp.asarray(points)))
+  np.testing.assert_allclose(got, _direct_bilinear(values, points), atol=1e-5)
+
+
+def test_bilinear_sample_leading_dims_and_dtype():
+  rng = np.random.default_rng(1)
+  values = rng.normal(size=(2, 3, 4, 5, 2)).astype(np.float32)
+  points = rng.uniform(0, 1, size=(2, 3, 7, 2)).astype(np.float32)
+  got = bilinear_sample(jnp.asarray(values), jnp.asarray(points))
+  assert got.shape == (2, 3, 7, 2)
+  flat = bilinear_sample(jnp.asarray(values.reshape(6, 4, 5, 2)),
+                         jnp.asarray(points.reshape(6, 7, 2)))
+  np.testing.assert_allclose(np.asarray(got).reshape(6, 7, 2), np.asarray(flat), atol=1e-6)
+  low = bilinear_sample(jnp.asarray(values, jnp.bfloat16), jnp.asarray(points))
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low, np.float32), np.asarray(got), atol=5e-2)
+  with pytest.raises(ValueError, match="leading dimensions"):
+    bilinear_sample(jnp.asarray(values), jnp.asarray(points[:1]))
+
+
+def test_bilinear_sample_matches_grid_sample_values_and_gradients():
+  torch = reference.require_reference()
+  rng = np.random.default_rng(2)
+  values = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+  points = _points(rng, 2, 60)
+  cotangent = rng.normal(size=(2, 60, 3)).astype(np.float32)
+
+  def loss(v, p):
+    return jnp.sum(bilinear_sample(v, p) * cotangent)
+
+  got = np.asarray(bilinear_sample(jnp.asarray(values), jnp.asarray(points)))
+  grad_v, grad_p = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(values), jnp.asarray(points))
+
+  with torch.enable_grad():
+    tv = torch.tensor(reference.nhwc_to_nchw(values), requires_grad=True)
+    tp = torch.tensor(points, requires_grad=True)
+    out = torch.nn.functional.grid_sample(tv, 2 * tp[:, :, None] - 1, mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)
+    want = out[..., 0].permute(0, 2, 1)  # [B, P, C]
+    (want * torch.tensor(cotangent)).sum().backward()
+  np.testing.assert_allclose(got, reference.to_numpy(want), atol=1e-5)
+  want_grad_v = reference.nchw_to_nhwc(reference.to_numpy(tv.grad))
+  np.testing.assert_allclose(np.asarray(grad_v), want_grad_v, atol=1e-5)
+  # Also on the pixel-grid lines and borders: both sides take the corner at floor(x).
+  np.testing.assert_allclose(np.asarray(grad_p), reference.to_numpy(tp.grad), atol=1e-4)
+  assert np.all(np.isfinite(np.asarray(grad_p)))
+
+
+# ------------------------------------------------------------------------- deformable attention
+
+
+def test_msda_matches_direct_computation():
+  value, locations, weights = _msda_inputs(3)
+  got = np.asarray(_msda(value, SHAPES, locations, weights))
+  assert got.shape == (2, 5, 6)
+  np.testing.assert_allclose(got, _direct_msda(value, SHAPES, locations, weights), atol=1e-5)
+
+
+def test_msda_rejects_wrong_shapes():
+  value, locations, weights = _msda_inputs(3)
+  with pytest.raises(ValueError, match="spatial_shapes"):
+    multi_scale_deformable_attention(value, ((3, 5), (2, 3), (2, 2)), locations, weights)
+
+
+def test_msda_matches_transformers_values_and_gradients():
+  torch = reference.require_reference()
+  from transformers.models.mask2former.modeling_mask2former import (
+      multi_scale_deformable_attention as ref_msda)
+  value, locations, weights = _msda_inputs(4)
+  cotangent = np.random.default_rng(5).normal(size=(2, 5, 6)).astype(np.float32)
+
+  def loss(v, loc, w):
+    return jnp.sum(multi_scale_deformable_attention(v, SHAPES, loc, w) * cotangent)
+
+  got = np.asarray(_msda(value, SHAPES, locations, weights))
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(value, locations, weights)
+
+  with torch.enable_grad():
+    tensors = [torch.tensor(a, requires_grad=True) for a in (value, locations, weights)]
+    want = ref_msda(tensors[0], list(SHAPES), tensors[1], tensors[2])
+    (want * torch.tensor(cotangent)).sum().backward()
+  np.testing.assert_allclose(got, reference.to_numpy(want), atol=1e-5)
+  for name, g, t in zip(("value", "sampling_locations", "attention_weights"), grads, tensors):
+    assert np.all(np.isfinite(np.asarray(g))), name
+    np.testing.assert_allclose(np.asarray(g), reference.to_numpy(t.grad), atol=1e-4, err_msg=name)
+
+
+def test_sampling_offsets_initialization_is_the_official_one():
+  """Head h starts along angle 2*pi*h/N (scaled so the larger coordinate is 1), point p at p+1."""
+  model = MSDeformAttn(embed_dim=8, num_heads=4, num_levels=2, num_points=3)
+  shapes = ((2, 2), (1, 1))
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 8)), jnp.zeros((1, 5, 2, 2)),
+                         jnp.zeros((1, 5, 8)), shapes)
+  params = variables["params"]
+  bias = np.asarray(params["sampling_offsets"]["bias"]).reshape(4, 2, 3, 2)
+  directions = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.float32)
+  want = directions[:, None, None, :] * np.arange(1, 4)[None, None, :, None]
+  np.testing.assert_allclose(bias, np.broadcast_to(want, bias.shape), atol=1e-6)
+  assert not np.any(np.asarray(params["sampling_offsets"]["kernel"]))
+  assert not np.any(np.asarray(params["attention_weights"]["kernel"]))
+
+
+def test_module_matches_transformers():
+  torch = reference.require_reference()
+  from transformers.models.mask2former.modeling_mask2former import (
+      Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention as RefAttention)
+  embed_dim, num_heads, num_points = 16, 4, 2
+  ref = RefAttention(embed_dim=embed_dim, num_heads=num_heads, n_levels=len(SHAPES),
+                     n_points=num_points).eval()
+  reference.perturb_(ref, seed=0, scale=0.3)
+  rng = np.random.default_rng(6)
+  seq_len = sum(h * w for h, w in SHAPES)
+  hidden = rng.normal(size=(2, seq_len, embed_dim)).astype(np.float32)
+  pos = rng.normal(size=(2, seq_len, embed_dim)).astype(np.float32)
+  ref_points = rng.uniform(0, 1, size=(2, seq_len, len(SHAPES), 2)).astype(np.float32)
+  want, _ = ref(hidden_states=torch.tensor(hidden), encoder_hidden_states=torch.tensor(hidden),
+                position_embeddings=torch.tensor(pos), reference_points=torch.tensor(ref_points),
+                spatial_shapes_list=list(SHAPES))
+
+  model = MSDeformAttn(embed_dim=embed_dim, num_heads=num_heads, num_levels=len(SHAPES),
+                       num_points=num_points)
+  args = (jnp.asarray(hidden + pos), jnp.asarray(ref_points), jnp.asarray(hidden), SHAPES)
+  variables = state_dict_to_variables(ref.state_dict(), abstract_variables(model, *args),
+                                      source="transformers deformable attention")
+  got = np.asarray(model.apply(variables, *args))
+  np.testing.assert_allclose(got, reference.to_numpy(want), atol=1e-5)
