@@ -72,14 +72,14 @@ def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
   """The backbone module (returns res2..res5)."""
   if cfg.name == "resnet":
     return ResNet(depths=tuple(cfg.depths), hidden_sizes=tuple(cfg.hidden_sizes),
-                      embedding_size=cfg.embedding_size, layer_type=cfg.layer_type,
-                      downsample_in_bottleneck=cfg.downsample_in_bottleneck, dtype=dtype)
+                  embedding_size=cfg.embedding_size, layer_type=cfg.layer_type,
+                  downsample_in_bottleneck=cfg.downsample_in_bottleneck, dtype=dtype)
   if cfg.name == "swin":
     return Swin(embed_dim=cfg.embed_dim, depths=tuple(cfg.depths),
-                    num_heads=tuple(cfg.num_heads), window_size=cfg.window_size,
-                    patch_size=cfg.patch_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                    drop_path_rate=cfg.drop_path_rate,
-                    adapt_window_to_input=cfg.adapt_window_to_input, dtype=dtype)
+                num_heads=tuple(cfg.num_heads), window_size=cfg.window_size,
+                patch_size=cfg.patch_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                drop_path_rate=cfg.drop_path_rate,
+                adapt_window_to_input=cfg.adapt_window_to_input, dtype=dtype)
   raise ValueError(f"model.backbone.name must be 'resnet' or 'swin', got {cfg.name!r}")
 
 
@@ -90,8 +90,8 @@ def build_model(cfg: ml_collections.ConfigDict) -> Mask2Former:
   dtype = DTYPES[cfg.dtype]
   backbone = build_backbone(cfg.backbone, dtype)
   pixel_decoder = MSDeformAttnPixelDecoder(
-      feature_size=cfg.feature_size,
-      mask_feature_size=cfg.mask_feature_size, num_encoder_layers=cfg.encoder_layers,
+      feature_size=cfg.feature_size, mask_feature_size=cfg.mask_feature_size,
+      num_encoder_layers=cfg.encoder_layers,
       encoder_feedforward_dim=cfg.encoder_feedforward_dim, num_heads=cfg.encoder_num_heads,
       num_points=cfg.encoder_num_points, common_stride=cfg.common_stride, dtype=dtype)
   transformer = TransformerModule(
