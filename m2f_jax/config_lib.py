@@ -51,8 +51,9 @@ def swin_backbone(variant: str = "tiny") -> ml_collections.ConfigDict:
       mlp_ratio=4.0,
       qkv_bias=True,
       drop_path_rate=0.3,
-      # transformers shrinks the window when a stage is smaller than it; the official code
-      # pads instead. Checkpoints imported from transformers set this to True.
+      # False (official, and transformers' Mask2Former backbone): pad every stage to the
+      # window. True: the rule of transformers' plain SwinModel (no shift once a stage is
+      # no larger than the window).
       adapt_window_to_input=False,
   ))
 

@@ -94,8 +94,7 @@ def hf_config_to_model_config(hf: dict) -> ml_collections.ConfigDict:
         num_heads=list(bb.get("num_heads", [3, 6, 12, 24])),
         window_size=bb.get("window_size", 7), patch_size=bb.get("patch_size", 4),
         mlp_ratio=float(bb.get("mlp_ratio", 4.0)), qkv_bias=bb.get("qkv_bias", True),
-        drop_path_rate=float(bb.get("drop_path_rate", 0.1)),
-        adapt_window_to_input=True)  # transformers' rule, for identical outputs
+        drop_path_rate=float(bb.get("drop_path_rate", 0.1)))
   elif kind == "resnet":
     if bb.get("hidden_act", "relu") != "relu" or bb.get("downsample_in_first_stage", False):
       raise core.ConversionError("ResNet backbone must use relu and "
