@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -230,3 +231,54 @@ def test_wrong_shape_names_tensor_and_writes_nothing(tmp_path_factory, tmp_path)
   out = tmp_path / "never"
   assert convert_cli.main(["--from", "hf", directory, "--output", str(out)]) == 1
   assert not out.exists() and os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------
+# ImageNet backbones (training initialization): torchvision ResNet and official Swin files.
+# ----------------------------------------------------------------------------------------
+
+def _torchvision_names(official):
+  """Detectron2 ResNet names (from `_hf_to_official`) -> torchvision's."""
+  out = {}
+  for k, v in official.items():
+    k = k[len("backbone."):]
+    k = k.replace("stem.conv1.norm.", "bn1.").replace("stem.conv1.", "conv1.")
+    m = re.match(r"res(\d)\.(\d+)\.(conv\d|shortcut)(\.norm)?\.(\w+)$", k)
+    if m:
+      stage, block, conv, norm, leaf = m.groups()
+      layer = f"layer{int(stage) - 1}.{block}"
+      if conv == "shortcut":
+        k = f"{layer}.downsample.{1 if norm else 0}.{leaf}"
+      else:
+        k = f"{layer}.{'bn' + conv[-1] if norm else conv}.{leaf}"
+    out[k] = torch.from_numpy(np.asarray(v))
+  out["fc.weight"], out["fc.bias"] = torch.zeros(10, 64), torch.zeros(10)
+  return out
+
+
+@pytest.mark.parametrize("name", ["resnet", "swin"])
+def test_imagenet_backbone_loads_into_backbone_only(name, tmp_path_factory, tmp_path):
+  _, directory, _, _ = _reference(name, tmp_path_factory)
+  model, want = convert.load_hf(directory)
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  official = _hf_to_official(load_file(os.path.join(directory, "model.safetensors")))
+  backbone = {k: v for k, v in official.items() if k.startswith("backbone.")}
+  path = str(tmp_path / "imagenet.pth")
+  if name == "resnet":
+    torch.save(_torchvision_names(backbone), path)
+  else:  # the official release: {"model": ...}, no prefix, with a classifier and final norm
+    state = {k[len("backbone."):]: torch.from_numpy(np.asarray(v)) for k, v in backbone.items()
+             if not k.startswith("backbone.norm")}
+    state.update({"norm.weight": torch.ones(64), "norm.bias": torch.zeros(64),
+                  "head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10),
+                  "layers.0.blocks.0.attn.relative_position_index": torch.zeros(16, 16)})
+    torch.save({"model": state}, path)
+  init = model.init(jax.random.PRNGKey(1), np.zeros((1, 64, 64, 3), np.float32))
+  got = convert.load_imagenet_backbone(path, name, init)
+  got, want, init = (
+      {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(t).items()}
+      for t in (got, want, init))
+  assert got.keys() == want.keys()
+  for k in got:
+    in_backbone = "pixel_level_module/encoder/" in k and "hidden_states_norms" not in k
+    np.testing.assert_array_equal(got[k], want[k] if in_backbone else init[k], err_msg=k)
