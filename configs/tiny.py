@@ -23,7 +23,8 @@ def get_config(arg: str = ""):
                dim_feedforward=128)
   config = config_lib.base_config(model=model, dataset="synthetic", task="panoptic",
                                   max_steps=600, lr_schedule="poly", batch_size=8)
-  config.data.image_size = (128, 128)
+  config.data.update(image_size=(128, 128), num_targets=12, scale_range=None, num_train=2000,
+                     num_val=100, seed=0, worker_count=0, read_threads=0, prefetch=0)
   config.loss.train_num_points = 1024
   config.optim.learning_rate = 1e-3
   config.optim.backbone_multiplier = 1.0

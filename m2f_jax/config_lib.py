@@ -120,7 +120,9 @@ def base_config(*, model: ml_collections.ConfigDict, dataset: str, task: str,
   config = ml_collections.ConfigDict()
   config.model = model
   config.data = ml_collections.ConfigDict(dict(
-      dataset=dataset, task=task, batch_size=batch_size, ignore_label=255))
+      dataset=dataset, task=task, batch_size=batch_size,  # global batch over all hosts
+      ignore_label=255, num_targets=100, image_size=(1024, 1024), scale_range=(0.1, 2.0),
+      worker_count=4, read_threads=1, prefetch=2))
   config.loss = loss_config()
   config.optim = optim_config(max_steps, lr_schedule, decay_steps)
   config.train = ml_collections.ConfigDict(dict(

@@ -1,0 +1,335 @@
+"""Post-processing: network outputs -> semantic, panoptic and instance results.
+
+Follows the official `MaskFormer.forward` (inference branch), `semantic_inference`,
+`panoptic_inference` and `instance_inference` in `mask2former/maskformer_model.py`, and
+Detectron2's `sem_seg_postprocess`:
+
+1. the mask logits `[B, Q, h, w]` are upsampled to the padded input size (bilinear,
+   align_corners=False), for the whole batch at once;
+2. per image, the valid (unpadded) region is cropped and resized to the original image size
+   ("postprocess before inference"; the official code does this first whenever panoptic or
+   instance inference is on, or when its flag asks for it; otherwise semantic inference runs at
+   the padded size and its class scores are cropped and resized instead);
+3. semantic: sum over queries of softmax class probability (no-object dropped) x sigmoid mask,
+   `[K, H, W]`, argmax -> label map;
+   panoptic: queries whose class is not no-object and whose score > object_mask_threshold
+   compete per pixel (argmax of score x mask probability); a segment keeps the pixels where it
+   wins and its own probability is >= 0.5, and is dropped when those pixels are fewer than
+   overlap_threshold x its own area (probability >= 0.5); stuff segments of one class merge;
+   instance: top-k over queries x classes of the class probabilities; mask = logit > 0;
+   score = class probability x mean mask probability inside the mask; with panoptic
+   inference on (a panoptic-trained model) only thing classes are kept, as in the official code.
+
+Array work is jit-compiled (the batched upsampling once per input shape; the per-image part
+once per (image size, original size)); the segment bookkeeping runs on the host in numpy.
+All results are numpy arrays. Class ids are contiguous in [0, K); map them to dataset ids in
+the evaluators (`m2f_jax.evaluation`).
+"""
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from m2f_jax.ops import resize_bilinear
+
+Size = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------
+# Array functions (traceable; one image unless the shape comment says otherwise).
+# ---------------------------------------------------------------------------
+
+
+def sem_seg_postprocess(x: jnp.ndarray, *, image_size: Size, output_size: Size) -> jnp.ndarray:
+  """Crops `x [..., Hp, Wp]` to its valid `image_size` and resizes it to `output_size`.
+
+  Detectron2's `sem_seg_postprocess` (bilinear, align_corners=False).
+  """
+  h, w = image_size
+  if h > x.shape[-2] or w > x.shape[-1]:
+    raise ValueError(f"sem_seg_postprocess: image_size {image_size} exceeds the padded size "
+                     f"{x.shape[-2:]} of the array {x.shape}.")
+  return resize_bilinear(x[..., :h, :w], *output_size)
+
+
+def semantic_scores(class_logits: jnp.ndarray, mask_logits: jnp.ndarray) -> jnp.ndarray:
+  """Per-class scores `[..., K, H, W]`: softmax class probabilities x sigmoid masks, summed over Q.
+
+  Args:
+    class_logits: `[..., Q, K+1]` (index K = no object, dropped after the softmax).
+    mask_logits: `[..., Q, H, W]`.
+  """
+  probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[..., :-1]  # [..., Q, K]
+  masks = jax.nn.sigmoid(mask_logits.astype(jnp.float32))  # [..., Q, H, W]
+  return jnp.einsum("...QK,...QHW->...KHW", probs, masks,
+                    precision=jax.lax.Precision.HIGHEST)  # [..., K, H, W]
+
+
+def _panoptic_arrays(class_logits, mask_logits, object_mask_threshold):
+  """The array part of the official `panoptic_inference` for one image.
+
+  Returns a dict: `winner [H, W]` (index of the kept query with the largest score x mask
+  probability; 0 when no query is kept), `confident [H, W]` (the winner's probability >= 0.5),
+  and per query `[Q]`: `keep`, `score`, `label`, `mask_area` (pixels won), `original_area`
+  (pixels with probability >= 0.5), `confident_area` (pixels won with probability >= 0.5).
+  """
+  num_queries, num_classes_plus_one = class_logits.shape
+  probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)  # [Q, K+1]
+  scores = jnp.max(probs, axis=-1)  # [Q]
+  labels = jnp.argmax(probs, axis=-1)  # [Q]
+  keep = (labels != num_classes_plus_one - 1) & (scores > object_mask_threshold)
+  masks = jax.nn.sigmoid(mask_logits.astype(jnp.float32))  # [Q, H, W]
+  # Queries that are not kept score -1 < 0 <= any kept query's probability, so the argmax runs
+  # over the kept queries in their order (first maximum wins, as torch.argmax).
+  prob_masks = jnp.where(keep[:, None, None], scores[:, None, None] * masks, -1.0)  # [Q, H, W]
+  winner = jnp.argmax(prob_masks, axis=0)  # [H, W]
+  above = masks >= 0.5  # [Q, H, W]
+  confident = jnp.take_along_axis(above, winner[None], axis=0)[0]  # [H, W]
+  flat_winner = winner.reshape(-1)
+  mask_area = jnp.bincount(flat_winner, length=num_queries)  # [Q]
+  confident_area = jnp.bincount(flat_winner, weights=confident.reshape(-1).astype(jnp.int32),
+                                length=num_queries)  # [Q]
+  return dict(winner=winner.astype(jnp.int32), confident=confident, keep=keep, score=scores,
+              label=labels.astype(jnp.int32), mask_area=mask_area,
+              original_area=jnp.sum(above, axis=(1, 2)), confident_area=confident_area)
+
+
+def _instance_arrays(class_logits, mask_logits, topk):
+  """The array part of the official `instance_inference` for one image.
+
+  Returns `score [k]` (class probability x mean mask probability inside the mask), `label [k]`,
+  `query [k]` (the query each result comes from), sorted by class probability, and
+  `binary [Q, H, W]` (mask logit > 0).
+  """
+  num_queries, num_classes_plus_one = class_logits.shape
+  num_classes = num_classes_plus_one - 1
+  probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[:, :-1]  # [Q, K]
+  top_probs, top_index = jax.lax.top_k(probs.reshape(-1), topk)  # [k]
+  query = top_index // num_classes
+  mask_logits = mask_logits.astype(jnp.float32)
+  binary = mask_logits > 0  # [Q, H, W]
+  inside = binary.astype(jnp.float32)
+  mask_scores = (jnp.sum(jax.nn.sigmoid(mask_logits) * inside, axis=(1, 2))
+                 / (jnp.sum(inside, axis=(1, 2)) + 1e-6))  # [Q]
+  return dict(score=top_probs * mask_scores[query], label=(top_index % num_classes).astype(
+      jnp.int32), query=query.astype(jnp.int32), binary=binary)
+
+
+# ---------------------------------------------------------------------------
+# Host bookkeeping.
+# ---------------------------------------------------------------------------
+
+
+def _panoptic_segments(arrays, *, isthing: np.ndarray, overlap_threshold: float):
+  """Segment ids and segments_info from `_panoptic_arrays` (the official loop)."""
+  a = jax.tree.map(np.asarray, arrays)
+  segment_of_query = np.zeros(a["keep"].shape[0], np.int32)
+  segments_info = []
+  stuff_segment = {}
+  current_id = 0
+  for q in np.flatnonzero(a["keep"]):
+    label = int(a["label"][q])
+    thing = bool(isthing[label])
+    mask_area = int(a["mask_area"][q])
+    original_area = int(a["original_area"][q])
+    if mask_area > 0 and original_area > 0 and int(a["confident_area"][q]) > 0:
+      if mask_area / original_area < overlap_threshold:
+        continue
+      if not thing:  # Merge stuff segments of one class.
+        if label in stuff_segment:
+          segment_of_query[q] = stuff_segment[label]
+          continue
+        stuff_segment[label] = current_id + 1
+      current_id += 1
+      segment_of_query[q] = current_id
+      segments_info.append({"id": current_id, "isthing": thing, "category_id": label})
+  panoptic = np.where(a["confident"], segment_of_query[a["winner"]], 0).astype(np.int32)
+  return panoptic, segments_info
+
+
+def _instance_results(arrays, *, things_only: bool, isthing: np.ndarray | None):
+  a = jax.tree.map(np.asarray, arrays)
+  keep = np.ones(a["label"].shape, bool)
+  if things_only:
+    keep = isthing[a["label"]]
+  return {"masks": a["binary"][a["query"][keep]],
+          "scores": a["score"][keep].astype(np.float32),
+          "classes": a["label"][keep].astype(np.int32)}
+
+
+def _check_isthing(isthing, num_classes: int) -> np.ndarray:
+  if isthing is None:
+    raise ValueError("panoptic inference needs isthing: a bool sequence with one entry per "
+                     f"class ({num_classes}), True for thing classes.")
+  isthing = np.asarray(isthing, bool)
+  if isthing.shape != (num_classes,):
+    raise ValueError(f"isthing has shape {isthing.shape}; expected ({num_classes},) for "
+                     f"class logits with K+1 = {num_classes + 1} entries.")
+  return isthing
+
+
+# ---------------------------------------------------------------------------
+# Single-image inference at the final resolution (the official per-image functions).
+# ---------------------------------------------------------------------------
+
+
+@jax.jit
+def semantic_inference(class_logits: jnp.ndarray, mask_logits: jnp.ndarray) -> jnp.ndarray:
+  """Official `semantic_inference`: `[Q, K+1]`, `[Q, H, W]` -> class scores `[K, H, W]`."""
+  return semantic_scores(class_logits, mask_logits)
+
+
+_panoptic_arrays_jit = jax.jit(_panoptic_arrays)
+_instance_arrays_jit = jax.jit(_instance_arrays, static_argnums=2)
+
+
+def panoptic_inference(class_logits, mask_logits, *, isthing: Sequence[bool],
+                       object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8):
+  """Official `panoptic_inference` for one image.
+
+  Args:
+    class_logits: `[Q, K+1]`.
+    mask_logits: `[Q, H, W]` at the output resolution.
+    isthing: `[K]` bools, True for thing classes.
+    object_mask_threshold: queries with class probability <= this are dropped.
+    overlap_threshold: segments keeping less than this fraction of their area are dropped.
+
+  Returns:
+    `(panoptic [H, W] int32, segments_info)`: segment ids 1, 2, ... (0 = void) and one dict
+    `{"id", "isthing", "category_id"}` per segment, category_id a contiguous class index.
+  """
+  isthing = _check_isthing(isthing, class_logits.shape[-1] - 1)
+  arrays = _panoptic_arrays_jit(class_logits, mask_logits, object_mask_threshold)
+  return _panoptic_segments(arrays, isthing=isthing, overlap_threshold=overlap_threshold)
+
+
+def instance_inference(class_logits, mask_logits, *, topk: int = 100, things_only: bool = False,
+                       isthing: Sequence[bool] | None = None) -> dict[str, np.ndarray]:
+  """Official `instance_inference` for one image.
+
+  Args:
+    class_logits: `[Q, K+1]`.
+    mask_logits: `[Q, H, W]` at the output resolution.
+    topk: results per image (over queries x classes; at most Q x K).
+    things_only: keep only thing classes (the official code does when panoptic inference is
+      on); needs `isthing`.
+    isthing: `[K]` bools.
+
+  Returns:
+    `{"masks": bool [N, H, W], "scores": float32 [N], "classes": int32 [N]}`, N <= topk,
+    in decreasing class probability.
+  """
+  num_queries, num_classes_plus_one = class_logits.shape
+  if things_only:
+    isthing = _check_isthing(isthing, num_classes_plus_one - 1)
+  topk = min(topk, num_queries * (num_classes_plus_one - 1))
+  arrays = _instance_arrays_jit(class_logits, mask_logits, topk)
+  return _instance_results(arrays, things_only=things_only, isthing=isthing)
+
+
+# ---------------------------------------------------------------------------
+# Batched post-processing of network outputs.
+# ---------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("padded_size", "semantic_at_padded_size"))
+def _batched_stage(class_logits, mask_logits, *, padded_size, semantic_at_padded_size):
+  masks = resize_bilinear(mask_logits.astype(jnp.float32), *padded_size)  # [B, Q, Hp, Wp]
+  scores = semantic_scores(class_logits, masks) if semantic_at_padded_size else None
+  return masks, scores  # scores: [B, K, Hp, Wp] or None
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "image_size", "output_size", "semantic_on", "panoptic_on", "instance_on", "topk"))
+def _image_stage(class_logits, masks, padded_scores, object_mask_threshold, *, image_size,
+                 output_size, semantic_on, panoptic_on, instance_on, topk):
+  out = {}
+  if padded_scores is not None:  # Semantic inference ran at the padded size.
+    scores = sem_seg_postprocess(padded_scores, image_size=image_size, output_size=output_size)
+    out["sem_seg"] = jnp.argmax(scores, axis=0).astype(jnp.int32)
+  if not (panoptic_on or instance_on or (semantic_on and padded_scores is None)):
+    return out
+  masks = sem_seg_postprocess(masks, image_size=image_size, output_size=output_size)  # [Q, H, W]
+  if semantic_on and padded_scores is None:
+    out["sem_seg"] = jnp.argmax(semantic_scores(class_logits, masks), axis=0).astype(jnp.int32)
+  if panoptic_on:
+    out["panoptic"] = _panoptic_arrays(class_logits, masks, object_mask_threshold)
+  if instance_on:
+    out["instances"] = _instance_arrays(class_logits, masks, topk)
+  return out
+
+
+def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_size: Size,
+                image_sizes: Sequence[Size], output_sizes: Sequence[Size] | None = None,
+                semantic_on: bool = True, panoptic_on: bool = False,
+                instance_on: bool = False, isthing: Sequence[bool] | None = None,
+                object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
+                instance_topk: int = 100,
+                postprocess_before_inference: bool = False) -> list[dict[str, Any]]:
+  """Network outputs of a batch -> per-image results, as the official inference branch.
+
+  Args:
+    pred_logits: `[B, Q, K+1]` class logits (index K = no object).
+    pred_masks: `[B, Q, h, w]` mask logits (h, w = padded size / 4).
+    padded_size: `(Hp, Wp)` of the network input batch.
+    image_sizes: per image, `(h, w)` of the image inside the padded input.
+    output_sizes: per image, `(H, W)` of the results (the original image size); default
+      `image_sizes`.
+    semantic_on, panoptic_on, instance_on: which results to compute.
+    isthing: `[K]` bools, True for thing classes; needed by panoptic inference, and by
+      instance inference when panoptic is on (then only things are kept, as official).
+    object_mask_threshold, overlap_threshold: panoptic thresholds (official 0.8, 0.8).
+    instance_topk: instance results per image (official TEST.DETECTIONS_PER_IMAGE = 100).
+    postprocess_before_inference: the official SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE; the
+      effective value is `postprocess_before_inference or panoptic_on or instance_on`, as in
+      the official code. When False, semantic scores are computed at the padded size and then
+      cropped and resized; otherwise the mask logits are cropped and resized first.
+
+  Returns:
+    One dict per image with, depending on the flags,
+      "sem_seg": int32 `[H, W]` class index per pixel;
+      "panoptic_seg": `(int32 [H, W] segment ids (0 = void), segments_info)`, segments_info a
+        list of `{"id", "isthing", "category_id"}` (COCO panoptic style, contiguous class ids);
+      "instances": `{"masks": bool [N, H, W], "scores": float32 [N], "classes": int32 [N]}`.
+  """
+  batch, num_queries, num_classes_plus_one = pred_logits.shape
+  num_classes = num_classes_plus_one - 1
+  if pred_masks.ndim != 4 or pred_masks.shape[:2] != (batch, num_queries):
+    raise ValueError(f"postprocess: pred_masks {pred_masks.shape} must be [B, Q, h, w] with "
+                     f"B, Q of pred_logits {pred_logits.shape}.")
+  if len(image_sizes) != batch:
+    raise ValueError(f"postprocess: {len(image_sizes)} image_sizes for a batch of {batch}.")
+  output_sizes = image_sizes if output_sizes is None else output_sizes
+  if len(output_sizes) != batch:
+    raise ValueError(f"postprocess: {len(output_sizes)} output_sizes for a batch of {batch}.")
+  if panoptic_on:
+    isthing = _check_isthing(isthing, num_classes)
+  before = postprocess_before_inference or panoptic_on or instance_on
+  padded_size = (int(padded_size[0]), int(padded_size[1]))
+  masks, padded_scores = _batched_stage(
+      pred_logits, pred_masks, padded_size=padded_size,
+      semantic_at_padded_size=semantic_on and not before)
+  topk = min(instance_topk, num_queries * num_classes)
+
+  results = []
+  for i in range(batch):
+    image_size = tuple(int(s) for s in image_sizes[i])
+    output_size = tuple(int(s) for s in output_sizes[i])
+    arrays = _image_stage(
+        pred_logits[i], masks[i], None if padded_scores is None else padded_scores[i],
+        jnp.float32(object_mask_threshold), image_size=image_size, output_size=output_size,
+        semantic_on=semantic_on, panoptic_on=panoptic_on, instance_on=instance_on, topk=topk)
+    result = {}
+    if semantic_on:
+      result["sem_seg"] = np.asarray(arrays["sem_seg"])
+    if panoptic_on:
+      result["panoptic_seg"] = _panoptic_segments(
+          arrays["panoptic"], isthing=isthing, overlap_threshold=overlap_threshold)
+    if instance_on:
+      result["instances"] = _instance_results(
+          arrays["instances"], things_only=panoptic_on, isthing=isthing)
+    results.append(result)
+  return results
