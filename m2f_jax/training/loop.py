@@ -361,7 +361,12 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   return model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, then evaluates the final model on the validation split (eval_results.json)."""
+  from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
   model, variables = train(config, workdir)
-  return model, variables
+  report = evaluate.evaluate(config=config, model=model, variables=variables, workdir=workdir)
+  if jax.process_index() == 0:
+    print(evaluate.format_report(report), flush=True)
+    print(f"wrote {os.path.join(workdir, 'eval_results.json')}", flush=True)
+  return report

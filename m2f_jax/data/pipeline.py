@@ -1,0 +1,370 @@
+"""grain input pipelines: records -> augmented training batches, and evaluation batches.
+
+Any random-access source of records works: `synthetic.SyntheticSource`, or a tfds builder's
+`builder.as_data_source()[split]` (its examples are brought to the record format of
+`m2f_jax/data/__init__.py` by `normalize_record`).
+
+Training (`train_iterator`) follows the official Mask2Former recipe on one process's shard:
+shuffle (reseeded every epoch), repeat, random horizontal flip, optional scale jitter with a
+random crop / pad to the training size (Detectron2's `ResizeScale` + `FixedSizeCrop`, the
+"large scale jitter" of the COCO configs), targets, batches. The iterator is a grain
+`DatasetIterator`: `get_state()` / `set_state()` resume it exactly.
+
+Evaluation (`eval_batches`) keeps the order, optionally resizes the shortest edge (the
+official test-time `ResizeShortestEdge`), pads to a multiple of 32 (or a fixed size) and
+carries what post-processing and metrics need: the padded region, the resized and original
+sizes and the raw annotations.
+
+Images are normalized with the model's pixel mean/std and padded with zeros after
+normalization, as the official `ImageList.from_tensors` pads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import functools
+from typing import Any, Callable
+
+import grain
+import numpy as np
+import PIL.Image
+
+from m2f_jax.data import targets as targets_lib
+
+# ------------------------------------------------------------------------------------------
+# Records
+# ------------------------------------------------------------------------------------------
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+  """COCO panoptic PNG colours -> segment ids: id = R + 256 G + 256^2 B, int32 [H, W]."""
+  rgb = np.asarray(rgb, np.int32)
+  return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def normalize_record(example: Mapping[str, Any]) -> dict[str, Any]:
+  """A source's example (in-memory or tfds-decoded) -> a record in the documented format."""
+  image = np.asarray(example["image"])
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"record 'image' must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+  height, width = image.shape[:2]
+  record = {"image": image, "image_id": int(example.get("image_id", -1))}
+  if "panoptic" in example:
+    panoptic = np.asarray(example["panoptic"])
+    if panoptic.ndim == 3:  # COCO RGB encoding
+      panoptic = rgb_to_id(panoptic)
+    info = example["segments_info"]
+    record["panoptic"] = panoptic.astype(np.int32)
+    record["segments_info"] = {
+        "id": np.asarray(info["id"], np.int32).reshape(-1),
+        "category_id": np.asarray(info["category_id"], np.int32).reshape(-1),
+        "iscrowd": np.asarray(info["iscrowd"], bool).reshape(-1),
+        "isthing": np.asarray(info["isthing"], bool).reshape(-1),
+    }
+  if "semantic" in example:
+    semantic = np.asarray(example["semantic"])
+    record["semantic"] = (semantic[..., 0] if semantic.ndim == 3 else semantic).astype(np.uint8)
+  if "instances" in example:
+    instances = example["instances"]
+    record["instances"] = {
+        "masks": np.asarray(instances["masks"], np.uint8).reshape(-1, height, width),
+        "category_id": np.asarray(instances["category_id"], np.int32).reshape(-1),
+        "iscrowd": np.asarray(instances["iscrowd"], bool).reshape(-1),
+    }
+  if not {"panoptic", "semantic", "instances"} & set(record):
+    raise ValueError(f"record {record['image_id']} has no 'panoptic', 'semantic' or "
+                     f"'instances' annotation (keys: {sorted(example)})")
+  for key in ("panoptic", "semantic"):
+    if key in record and record[key].shape != (height, width):
+      raise ValueError(f"record {record['image_id']}: '{key}' has shape {record[key].shape}, "
+                       f"the image {(height, width)}")
+  return record
+
+
+# ------------------------------------------------------------------------------------------
+# Spatial transforms (every [H, W] field follows the image)
+# ------------------------------------------------------------------------------------------
+
+
+def _transform(record: Mapping[str, Any], op: Callable[..., np.ndarray], *,
+               ignore_label: int) -> dict[str, Any]:
+  """Applies `op(array [H, W, ...], pad_value, is_image)` to the image and every map."""
+  out = dict(record)
+  out["image"] = op(record["image"], 0, True)
+  for key, pad in (("panoptic", 0), ("semantic", ignore_label), ("padding_mask", False)):
+    if key in record:
+      out[key] = op(record[key], pad, False)
+  if "instances" in record:
+    masks = np.moveaxis(record["instances"]["masks"], 0, -1)  # [H, W, N]
+    out["instances"] = dict(record["instances"],
+                            masks=np.ascontiguousarray(np.moveaxis(op(masks, 0, False), -1, 0)))
+  return out
+
+
+def hflip(record: Mapping[str, Any], *, ignore_label: int = 255) -> dict[str, Any]:
+  return _transform(record, lambda a, pad, is_image: a[:, ::-1], ignore_label=ignore_label)
+
+
+def _resize_op(array, pad, is_image, *, height, width):
+  del pad
+  if is_image:  # bilinear on the uint8 image, as Detectron2's ResizeTransform (PIL)
+    resized = PIL.Image.fromarray(array).resize((width, height), PIL.Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+  in_h, in_w = array.shape[:2]  # nearest neighbour (pixel centres) for label maps
+  ys = np.minimum(((np.arange(height) + 0.5) * in_h / height).astype(np.int64), in_h - 1)
+  xs = np.minimum(((np.arange(width) + 0.5) * in_w / width).astype(np.int64), in_w - 1)
+  return array[ys][:, xs]
+
+
+def resize(record: Mapping[str, Any], height: int, width: int, *,
+           ignore_label: int = 255) -> dict[str, Any]:
+  op = functools.partial(_resize_op, height=height, width=width)
+  return _transform(record, op, ignore_label=ignore_label)
+
+
+def _crop_pad_op(array, pad, is_image, *, top, left, height, width):
+  del is_image
+  out = np.full((height, width) + array.shape[2:], pad, array.dtype)
+  src = array[max(top, 0):top + height, max(left, 0):left + width]
+  out[max(-top, 0):max(-top, 0) + src.shape[0], max(-left, 0):max(-left, 0) + src.shape[1]] = src
+  return out
+
+
+def crop_pad(record: Mapping[str, Any], top: int, left: int, height: int, width: int, *,
+             ignore_label: int = 255) -> dict[str, Any]:
+  """The window [top, top + height) x [left, left + width); outside the image is padding."""
+  op = functools.partial(_crop_pad_op, top=top, left=left, height=height, width=width)
+  return _transform(record, op, ignore_label=ignore_label)
+
+
+def augment(record: Mapping[str, Any], rng: np.random.Generator, *,
+            image_size: tuple[int, int], flip: bool = True,
+            scale_range: tuple[float, float] | None = None,
+            ignore_label: int = 255) -> dict[str, Any]:
+  """Random flip, scale jitter and crop / pad to `image_size`; adds "padding_mask" [H, W].
+
+  The image is scaled to fit `image_size` times a factor drawn from `scale_range` (1 when
+  None), then a random `image_size` window is cropped; the bottom / right rest is padding.
+  """
+  record = dict(record)
+  height, width = record["image"].shape[:2]
+  record.setdefault("padding_mask", np.ones((height, width), bool))
+  if flip and rng.random() < 0.5:
+    record = hflip(record, ignore_label=ignore_label)
+  out_h, out_w = image_size
+  scale = rng.uniform(*scale_range) if scale_range is not None else 1.0
+  factor = scale * min(out_h / height, out_w / width)
+  new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+  if (new_h, new_w) != (height, width):
+    record = resize(record, new_h, new_w, ignore_label=ignore_label)
+  top = int(rng.integers(0, max(new_h - out_h, 0) + 1))
+  left = int(rng.integers(0, max(new_w - out_w, 0) + 1))
+  return crop_pad(record, top, left, out_h, out_w, ignore_label=ignore_label)
+
+
+def train_example(record: Mapping[str, Any], *, task: str, num_targets: int,
+                  pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                  ignore_label: int = 255) -> dict[str, np.ndarray]:
+  """An augmented record -> the arrays of one training example (see `train_iterator`)."""
+  padding_mask = record["padding_mask"]
+  images = targets_lib.normalize_image(record["image"], pixel_mean=pixel_mean,
+                                       pixel_std=pixel_std)  # [H, W, 3]
+  images[~padding_mask] = 0.0
+  example = targets_lib.make_targets(record, task=task, num_targets=num_targets,
+                                     ignore_label=ignore_label)
+  example.update(images=images, padding_mask=padding_mask,
+                 image_id=np.int64(record["image_id"]))
+  return example
+
+
+# ------------------------------------------------------------------------------------------
+# Pipelines
+# ------------------------------------------------------------------------------------------
+
+
+def _shard_options(shard_options: grain.sharding.ShardOptions | None,
+                   drop_remainder: bool) -> grain.sharding.ShardOptions:
+  if shard_options is None:
+    return grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder)
+  return shard_options
+
+
+def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: str,
+                   num_targets: int, image_size: tuple[int, int],
+                   pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                   ignore_label: int = 255, flip: bool = True,
+                   scale_range: tuple[float, float] | None = None,
+                   num_epochs: int | None = None,
+                   shard_options: grain.sharding.ShardOptions | None = None,
+                   worker_count: int = 0, worker_buffer_size: int = 2,
+                   read_threads: int = 0, prefetch: int = 0) -> grain.DatasetIterator:
+  """A checkpointable iterator over this process's training batches.
+
+  Args:
+    source: random-access source of records (`len` and `[]`).
+    batch_size: examples per batch on this process.
+    seed: shuffling and augmentation seed, in [0, 2**32) (the same on every process; the
+      shards differ).
+    task: "semantic", "instance" or "panoptic" (see `targets.make_targets`).
+    num_targets: M, targets per example.
+    image_size: (H, W) of every training image (multiples of 32).
+    pixel_mean, pixel_std: RGB normalization on the 0..255 scale.
+    ignore_label: semantic label of unlabeled pixels.
+    flip: random horizontal flip.
+    scale_range: (min, max) scale jitter; None for none.
+    num_epochs: None repeats forever.
+    shard_options: grain ShardOptions; default `ShardByJaxProcess(drop_remainder=True)`.
+    worker_count, worker_buffer_size: grain worker processes (0: all in this process) and
+      the batches each keeps ready. Workers need absl flags parsed
+      (`flags.FLAGS.mark_as_parsed()`); close the iterator after use.
+    read_threads, prefetch: threads and buffered batches in this process (e.g. 1 and 2 to
+      prepare batches while the accelerator computes).
+
+  Returns:
+    A grain `DatasetIterator` (resume exactly with `get_state()` / `set_state()`) of dicts:
+      "images": float32 [B, H, W, 3] normalized, 0 on padding
+      "padding_mask": bool [B, H, W] True on image pixels
+      "labels": int32 [B, M], "masks": uint8 [B, M, H, W], "valid": bool [B, M]
+      "image_id": int64 [B]
+  """
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+  shard = _shard_options(shard_options, drop_remainder=True)
+  ds = grain.MapDataset.source(source)
+  if shard.drop_remainder:  # equal shards: every process runs the same number of steps
+    ds = ds[:len(ds) - len(ds) % shard.shard_count]
+  ds = ds[shard.shard_index::shard.shard_count]
+  if len(ds) < batch_size:
+    raise ValueError(f"shard {shard.shard_index} of {shard.shard_count} holds {len(ds)} "
+                     f"records, fewer than one batch of {batch_size}")
+  ds = ds.shuffle(seed=seed).repeat(num_epochs)
+  ds = ds.map(normalize_record)
+  augment_seed = int(np.random.SeedSequence([seed, shard.shard_index]).generate_state(1)[0])
+  ds = ds.random_map(
+      functools.partial(augment, image_size=tuple(image_size), flip=flip,
+                        scale_range=scale_range, ignore_label=ignore_label),
+      seed=augment_seed)
+  ds = ds.map(functools.partial(train_example, task=task, num_targets=num_targets,
+                                pixel_mean=tuple(pixel_mean), pixel_std=tuple(pixel_std),
+                                ignore_label=ignore_label))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=prefetch))
+  if worker_count > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+  return iter(ds)
+
+
+def _resized_size(height: int, width: int, min_size: int | None,
+                  max_size: int | None) -> tuple[int, int]:
+  """Detectron2's ResizeShortestEdge: shortest edge -> min_size, longest <= max_size."""
+  if not min_size:
+    return height, width
+  scale = min_size / min(height, width)
+  if max_size and max(height, width) * scale > max_size:
+    scale = max_size / max(height, width)
+  return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel_mean,
+                  pixel_std) -> dict[str, Any]:
+  record = normalize_record(source[slot if slot >= 0 else fallback])
+  image = record.pop("image")
+  height, width = image.shape[:2]
+  input_h, input_w = _resized_size(height, width, min_size, max_size)
+  if (input_h, input_w) != (height, width):
+    image = _resize_op(image, 0, True, height=input_h, width=input_w)
+  return {
+      "images": targets_lib.normalize_image(image, pixel_mean=pixel_mean,
+                                            pixel_std=pixel_std),  # [h, w, 3]
+      "image_size": np.array((input_h, input_w), np.int32),
+      "output_size": np.array((height, width), np.int32),
+      "example_valid": slot >= 0,
+      "image_id": record["image_id"],
+      "annotations": record,
+  }
+
+
+def _collate_eval(examples: Sequence[dict[str, Any]], *, size_divisibility: int,
+                  pad_size: tuple[int, int] | None) -> dict[str, Any]:
+  sizes = np.stack([e["image_size"] for e in examples])  # [B, 2]
+  if pad_size is None:
+    pad_h, pad_w = -(-sizes.max(axis=0) // size_divisibility) * size_divisibility
+  else:
+    pad_h, pad_w = pad_size
+    if (sizes > (pad_h, pad_w)).any() or pad_h % size_divisibility or pad_w % size_divisibility:
+      raise ValueError(f"pad_size {pad_size} must be multiples of {size_divisibility} holding "
+                       f"every input size; largest in this batch: {sizes.max(axis=0)}")
+  images = np.zeros((len(examples), pad_h, pad_w, 3), np.float32)  # [B, H, W, 3]
+  padding_mask = np.zeros((len(examples), pad_h, pad_w), bool)  # [B, H, W]
+  for i, (e, (h, w)) in enumerate(zip(examples, sizes)):
+    images[i, :h, :w] = e["images"]
+    padding_mask[i, :h, :w] = True
+  return {
+      "images": images,
+      "padding_mask": padding_mask,
+      "image_size": sizes,
+      "output_size": np.stack([e["output_size"] for e in examples]),
+      "example_valid": np.array([e["example_valid"] for e in examples]),
+      "image_id": np.array([e["image_id"] for e in examples], np.int64),
+      "annotations": [e["annotations"] for e in examples],
+  }
+
+
+def eval_batches(source: Sequence[Any], *, batch_size: int, pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float], size_divisibility: int = 32,
+                 pad_size: tuple[int, int] | None = None, min_size: int | None = None,
+                 max_size: int | None = None,
+                 shard_options: grain.sharding.ShardOptions | None = None,
+                 read_threads: int = 0, prefetch: int = 0) -> grain.IterDataset:
+  """This process's evaluation batches, in source order; iterate it (re-iterable).
+
+  Every record of the source is in exactly one batch of one process (default sharding:
+  `ShardByJaxProcess`, its `drop_remainder` ignored); the last batches are filled with copies
+  marked `example_valid` False, so that every process yields the same number of batches.
+
+  Args:
+    source: random-access source of records.
+    batch_size: examples per batch on this process.
+    pixel_mean, pixel_std: RGB normalization on the 0..255 scale.
+    size_divisibility: pad each batch to the next multiple of this.
+    pad_size: (H, W) to pad every batch to instead (one compiled shape; use it with several
+      processes so that their batches agree).
+    min_size, max_size: resize the shortest edge to `min_size`, the longest to at most
+      `max_size` (the official test-time resize); None keeps the size.
+    shard_options: grain ShardOptions; default `ShardByJaxProcess()`.
+    read_threads, prefetch: threads and buffered batches.
+
+  Returns:
+    A grain `IterDataset` of dicts:
+      "images": float32 [B, H, W, 3] normalized, 0 on padding
+      "padding_mask": bool [B, H, W] True on the (resized) image
+      "image_size": int32 [B, 2] (h, w) of the (resized) image = the valid region, the
+        `image_sizes` of `inference.postprocess`
+      "output_size": int32 [B, 2] (h, w) of the original image = the annotations' size, the
+        `output_sizes` of `inference.postprocess`
+      "example_valid": bool [B] False on filler examples
+      "image_id": int64 [B]
+      "annotations": list of B records without "image" (panoptic, segments_info, semantic,
+        instances, as the source has them) at the original size
+  """
+  shard = _shard_options(shard_options, drop_remainder=False)
+  num_records = len(source)
+  indices = list(range(shard.shard_index, num_records, shard.shard_count))
+  if not indices:
+    raise ValueError(f"shard {shard.shard_index} of {shard.shard_count} of a source of "
+                     f"{num_records} records is empty")
+  per_shard = -(-num_records // shard.shard_count)
+  num_batches = -(-per_shard // batch_size)
+  slots = indices + [-1] * (num_batches * batch_size - len(indices))
+  ds = grain.MapDataset.source(slots).map(functools.partial(
+      _eval_example, source=source, fallback=indices[0], min_size=min_size,
+      max_size=max_size, pixel_mean=tuple(pixel_mean), pixel_std=tuple(pixel_std)))
+  ds = ds.batch(batch_size, batch_fn=functools.partial(
+      _collate_eval, size_divisibility=size_divisibility,
+      pad_size=None if pad_size is None else tuple(pad_size)))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                              prefetch_buffer_size=prefetch))
