@@ -39,7 +39,7 @@ def main(argv):
   config = f.config
   name = os.path.splitext(os.path.basename(f["config"].config_filename))[0]
   workdir = os.path.abspath(f.workdir or os.path.join("workdir", name))
-  logging.set_verbosity(logging.INFO)
+  logging.set_verbosity(logging.WARNING)  # progress lines are printed; Orbax logs at INFO
   print(f"workdir: {workdir}", flush=True)
   loop.train_and_evaluate(config, workdir)
 

@@ -26,12 +26,26 @@ from m2f_jax.evaluation import panoptic as panoptic_eval
 from m2f_jax.evaluation import semantic as semantic_eval
 
 
-def dataset_categories(data_cfg: ml_collections.ConfigDict) -> list[dict]:
-  """[{"id", "name", "isthing"}] with contiguous ids, for `data.dataset`."""
-  if data_cfg.dataset == "synthetic":
+def dataset_categories(data_cfg: ml_collections.ConfigDict,
+                       num_classes: int | None = None) -> list[dict]:
+  """[{"id", "name", "isthing"}] with contiguous ids.
+
+  From `data.class_names` (+ optional `data.isthing`) when the config has them (converted
+  checkpoints carry their label names), else from the dataset `data.dataset`, else generic
+  names `class_{i}` for `num_classes`. Without thing/stuff information every class counts as
+  a thing (panoptic inference then merges no stuff segments).
+  """
+  names = data_cfg.get("class_names")
+  if names:
+    isthing = data_cfg.get("isthing") or [1] * len(names)
+    return [{"id": i, "name": n, "isthing": int(t)} for i, (n, t) in enumerate(zip(names, isthing))]
+  if data_cfg.get("dataset") == "synthetic":
     from m2f_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     return [{k: c[k] for k in ("id", "name", "isthing")} for c in synthetic.CATEGORIES]
-  raise ValueError(f"data.dataset {data_cfg.dataset!r} has no category list yet")
+  if num_classes is None:
+    raise ValueError(f"no category list for data.dataset={data_cfg.get('dataset')!r}: set "
+                     "data.class_names (and data.isthing) in the config")
+  return [{"id": i, "name": f"class_{i}", "isthing": 1} for i in range(num_classes)]
 
 
 def _gather_objects(obj):

@@ -101,6 +101,18 @@ def create_train_state(model, tx, rng, image_shape) -> TrainState:
                     opt_state=tx.init(params), rng=state_rng)
 
 
+def abstract_train_state(config: ml_collections.ConfigDict):
+  """`(model, optimizer, TrainState of ShapeDtypeStructs)` for a config."""
+  model = build_model(config.model)
+  image_shape = tuple(config.data.image_size)
+  params_shape = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape, 3))))["params"]
+  tx = optim_lib.make_optimizer(config.optim, params_shape)
+  abstract = jax.eval_shape(lambda r: create_train_state(model, tx, r, image_shape),
+                            jax.random.PRNGKey(0))
+  return model, tx, abstract
+
+
 def loss_kwargs(loss_cfg: ml_collections.ConfigDict) -> dict:
   return dict(no_object_weight=loss_cfg.no_object_weight, class_weight=loss_cfg.class_weight,
               mask_weight=loss_cfg.mask_weight, dice_weight=loss_cfg.dice_weight,
@@ -283,15 +295,10 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   if config.data.batch_size % mesh.devices.size:
     raise ValueError(f"data.batch_size={config.data.batch_size} must be a multiple of the "
                      f"{mesh.devices.size} devices")
-  model = build_model(config.model)
-  image_shape = tuple(config.data.image_size)
-
   # Abstract state -> shardings -> state created directly in its sharding.
-  params_shape = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape, 3))))["params"]
-  tx = optim_lib.make_optimizer(config.optim, params_shape)
+  model, tx, abstract_state = abstract_train_state(config)
+  image_shape = tuple(config.data.image_size)
   rng = jax.random.PRNGKey(config.train.seed)
-  abstract_state = jax.eval_shape(lambda r: create_train_state(model, tx, r, image_shape), rng)
   shardings = state_shardings(abstract_state, mesh, config.train.get("shard_params", False))
   state = jax.jit(lambda r: create_train_state(model, tx, r, image_shape),
                   out_shardings=shardings)(rng)
@@ -302,11 +309,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             abstract_state, shardings)
     state = restore_checkpoint(manager, abstract, data_iter)
-    logging.info("resumed from step %d in %s", int(state.step), manager.directory)
+    logging.warning("resumed from step %d in %s", int(state.step), manager.directory)
   elif config.get("init_from"):
     state = jax.device_put(initialize_from(config.init_from, state, config.model.backbone.name),
                            shardings)
-    logging.info("initialized from %s", config.init_from)
+    logging.warning("initialized from %s", config.init_from)
 
   step_fn = jax.jit(make_train_step(model, tx, config),
                     in_shardings=(shardings, batch_sharding(mesh)),
@@ -330,10 +337,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       t_last, step_last = now, step
       metrics.update(step_time=dt, images_per_sec=images_per_step / dt)
       writer.write(step, metrics)
-      eta = dt * (max_steps - step)
-      logging.info("step %d/%d  loss %.4f  lr %.2e  %.3f s/step  %.1f img/s  ETA %s", step,
-                   max_steps, metrics["total_loss"], metrics["learning_rate"], dt,
-                   images_per_step / dt, time.strftime("%H:%M:%S", time.gmtime(eta)))
+      eta = time.strftime("%H:%M:%S", time.gmtime(dt * (max_steps - step)))
+      if jax.process_index() == 0:
+        print(f"step {step}/{max_steps}  loss {metrics['total_loss']:.4f}  "
+              f"lr {metrics['learning_rate']:.2e}  {dt:.3f} s/step  "
+              f"{images_per_step / dt:.1f} img/s  ETA {eta}", flush=True)
 
   try:
     for step in range(first_step + 1, max_steps + 1):
@@ -356,8 +364,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   finally:
     manager.wait_until_finished()
     writer.close()
-  logging.info("trained %d steps in %.1f s", max_steps - first_step,
-               time.perf_counter() - t_start)
+  if jax.process_index() == 0:
+    print(f"trained {max_steps - first_step} steps in {time.perf_counter() - t_start:.1f} s",
+          flush=True)
   return model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
@@ -370,3 +379,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(evaluate.format_report(report), flush=True)
     print(f"wrote {os.path.join(workdir, 'eval_results.json')}", flush=True)
   return report
+
+
+def load_for_inference(path: str, config: ml_collections.ConfigDict | None = None):
+  """`(config, model, variables)` from a model directory or a training checkpoint step.
+
+  A model directory has `config.json` + `variables/` (`m2f_jax.checkpoint`); a training
+  step directory is `WORKDIR/checkpoints/STEP` with the config in `WORKDIR/config.json`.
+  `config`, when given, replaces the stored one (its model section must fit the weights).
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, model_checkpoint.VARIABLES_DIR)):
+    stored, _, variables = model_checkpoint.load_model(path)
+  elif os.path.isdir(os.path.join(path, "state")):
+    stored = model_checkpoint.load_config(os.path.dirname(os.path.dirname(path)))
+    model, _, abstract_state = abstract_train_state(stored)
+    with ocp.StandardCheckpointer() as ckptr:
+      state = ckptr.restore(os.path.join(path, "state"), abstract_state)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+  else:
+    raise FileNotFoundError(
+        f"{path} is neither a model directory (config.json + variables/) nor a training "
+        "checkpoint step (WORKDIR/checkpoints/STEP with state/)")
+  config = config if config is not None else stored
+  return config, build_model(config.model), variables

@@ -1,0 +1,39 @@
+r"""Evaluates a checkpoint on its dataset's validation split; writes eval_results.json.
+
+  python eval.py --checkpoint workdir/tiny/checkpoints/600           # a training checkpoint
+  python eval.py --checkpoint /tmp/m2f_ckpt --config configs/tiny.py  # a converted model
+
+--checkpoint is an m2f_jax model directory (`python -m m2f_jax.convert` output) or a
+training checkpoint step directory (workdir/checkpoints/STEP; its config is read from the
+workdir). Results and visualizations go to --workdir (default: next to the checkpoint).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file[:arg]; default: the one stored "
+                                "with the checkpoint.", lock_config=False)
+flags.DEFINE_string("checkpoint", None, "Model or training-checkpoint directory.", required=True)
+flags.DEFINE_string("workdir", None, "Where eval_results.json and visualizations go.")
+flags.DEFINE_integer("max_images", None, "Evaluate only the first N validation images.")
+
+
+def main(argv):
+  del argv
+  from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  config, model, variables = loop.load_for_inference(f.checkpoint, f.config)
+  workdir = os.path.abspath(f.workdir or f.checkpoint)
+  os.makedirs(workdir, exist_ok=True)
+  report = evaluate.evaluate(config=config, model=model, variables=variables, workdir=workdir,
+                             max_images=f.max_images)
+  print(evaluate.format_report(report))
+  print(f"wrote {os.path.join(workdir, 'eval_results.json')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

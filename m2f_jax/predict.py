@@ -1,0 +1,144 @@
+r"""Segments images with a checkpoint; writes overlays and machine-readable results.
+
+  python -m m2f_jax.predict --checkpoint DIR --task panoptic a.jpg b.png --output out/
+
+Per image NAME, in --output:
+  NAME.overlay.png                   the image with coloured segments and class names
+  semantic:  NAME.semantic.png       class index per pixel (uint8; uint16 above 255 classes)
+  panoptic:  NAME.panoptic.png       COCO panoptic PNG (id = R + 256 G + 256^2 B), and
+             NAME.panoptic.json      {"file_name", "segments_info": [{"id", "category_id",
+                                      "isthing", "area", "bbox"}]} (COCO panoptic format)
+  instance:  NAME.instances.json     COCO results: [{"category_id", "score", "bbox",
+                                      "segmentation": RLE}]
+An image that cannot be read is reported and skipped; the others are still processed (the
+exit status is 1 if any failed).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import PIL.Image
+
+from m2f_jax import evaluate
+from m2f_jax import inference
+from m2f_jax import visualize
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 [H, W, 3] RGB; raises ValueError naming the file if it cannot be decoded."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: no such file")
+  try:
+    with PIL.Image.open(path) as img:
+      img.load()
+      return np.asarray(img.convert("RGB"))
+  except (OSError, PIL.UnidentifiedImageError, SyntaxError) as e:
+    raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def prepare(image: np.ndarray, *, pixel_mean, pixel_std, min_size=None, max_size=None):
+  """Resized (official test-time rule), normalized, padded to a multiple of 32, batched."""
+  from m2f_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  nh, nw = pipeline._resized_size(h, w, min_size, max_size)  # pylint: disable=protected-access
+  if (nh, nw) != (h, w):
+    image = np.asarray(PIL.Image.fromarray(image).resize((nw, nh), PIL.Image.BILINEAR))
+  ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
+  x = np.zeros((1, ph, pw, 3), np.float32)
+  x[0, :nh, :nw] = (image.astype(np.float32) - np.asarray(pixel_mean)) / np.asarray(pixel_std)
+  return x, (nh, nw)
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+  ys, xs = np.nonzero(mask)
+  if not len(ys):
+    return [0, 0, 0, 0]
+  return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+def write_results(result: dict, image: np.ndarray, *, task: str, name: str, output: str,
+                  categories: list[dict]) -> list[str]:
+  """Writes the files of one image; returns their paths."""
+  from m2f_jax.evaluation import instance as instance_eval  # pylint: disable=g-import-not-at-top
+  names = [c["name"] for c in categories]
+  base = os.path.join(output, name)
+  written = []
+  if task == "semantic":
+    sem = result["sem_seg"]
+    dtype = np.uint8 if len(names) <= 255 else np.uint16
+    PIL.Image.fromarray(sem.astype(dtype)).save(base + ".semantic.png")
+    vis = visualize.semantic_overlay(image, sem, names)
+    written.append(base + ".semantic.png")
+  elif task == "panoptic":
+    ids, segments = result["panoptic_seg"]
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+    PIL.Image.fromarray(rgb).save(base + ".panoptic.png")
+    info = [{"id": int(s["id"]), "category_id": int(s["category_id"]),
+             "isthing": int(bool(s["isthing"])), "area": int((ids == s["id"]).sum()),
+             "bbox": _bbox(ids == s["id"])} for s in segments]
+    with open(base + ".panoptic.json", "w") as f:
+      json.dump({"file_name": os.path.basename(base + ".panoptic.png"), "segments_info": info}, f)
+    vis = visualize.panoptic_overlay(image, result["panoptic_seg"], names)
+    written += [base + ".panoptic.png", base + ".panoptic.json"]
+  else:
+    inst = result["instances"]
+    rles = instance_eval.mask_to_rle(inst["masks"]) if len(inst["scores"]) else []
+    dets = [{"category_id": int(c), "score": float(s), "bbox": _bbox(m), "segmentation": r}
+            for m, s, c, r in zip(inst["masks"], inst["scores"], inst["classes"], rles)]
+    with open(base + ".instances.json", "w") as f:
+      json.dump(dets, f)
+    vis = visualize.instance_overlay(image, inst, names)
+    written.append(base + ".instances.json")
+  vis.save(base + ".overlay.png")
+  return [base + ".overlay.png"] + written
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m m2f_jax.predict", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--checkpoint", required=True,
+                      help="model directory or training checkpoint step directory")
+  parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), required=True)
+  parser.add_argument("--output", required=True)
+  parser.add_argument("images", nargs="+")
+  args = parser.parse_args(argv)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
+  config, model, variables = loop.load_for_inference(args.checkpoint)
+  categories = evaluate.dataset_categories(config.data, config.model.num_classes)
+  isthing = [bool(c["isthing"]) for c in categories]
+  e = config.eval
+  forward = jax.jit(model.apply)
+  os.makedirs(args.output, exist_ok=True)
+  failed = 0
+  for path in args.images:
+    try:
+      image = read_image(path)
+    except ValueError as err:
+      print(f"error: {err}", file=sys.stderr)
+      failed += 1
+      continue
+    x, size = prepare(image, pixel_mean=config.model.pixel_mean,
+                      pixel_std=config.model.pixel_std, min_size=e.get("min_size"),
+                      max_size=e.get("max_size"))
+    out = forward(variables, x)
+    result = inference.postprocess(
+        pred_logits=out["pred_logits"], pred_masks=out["pred_masks"], padded_size=x.shape[1:3],
+        image_sizes=[size], output_sizes=[image.shape[:2]],
+        semantic_on=args.task == "semantic", panoptic_on=args.task == "panoptic",
+        instance_on=args.task == "instance", isthing=isthing,
+        object_mask_threshold=e.object_mask_threshold, overlap_threshold=e.overlap_threshold,
+        instance_topk=e.instance_topk)[0]
+    name = os.path.splitext(os.path.basename(path))[0]
+    for p in write_results(result, image, task=args.task, name=name, output=args.output,
+                           categories=categories):
+      print(p)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
