@@ -26,28 +26,6 @@ from m2f_jax.evaluation import panoptic as panoptic_eval
 from m2f_jax.evaluation import semantic as semantic_eval
 
 
-def dataset_categories(data_cfg: ml_collections.ConfigDict,
-                       num_classes: int | None = None) -> list[dict]:
-  """[{"id", "name", "isthing"}] with contiguous ids.
-
-  From `data.class_names` (+ optional `data.isthing`) when the config has them (converted
-  checkpoints carry their label names), else from the dataset `data.dataset`, else generic
-  names `class_{i}` for `num_classes`. Without thing/stuff information every class counts as
-  a thing (panoptic inference then merges no stuff segments).
-  """
-  names = data_cfg.get("class_names")
-  if names:
-    isthing = data_cfg.get("isthing") or [1] * len(names)
-    return [{"id": i, "name": n, "isthing": int(t)} for i, (n, t) in enumerate(zip(names, isthing))]
-  if data_cfg.get("dataset") == "synthetic":
-    from m2f_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    return [{k: c[k] for k in ("id", "name", "isthing")} for c in synthetic.CATEGORIES]
-  if num_classes is None:
-    raise ValueError(f"no category list for data.dataset={data_cfg.get('dataset')!r}: set "
-                     "data.class_names (and data.isthing) in the config")
-  return [{"id": i, "name": f"class_{i}", "isthing": 1} for i in range(num_classes)]
-
-
 def _gather_objects(obj):
   """Every process's `obj` (picklable), as a list in process order."""
   if jax.process_count() == 1:
@@ -69,15 +47,16 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
              source=None, max_images: int | None = None, num_visualizations: int = 4,
              mesh=None) -> dict:
   """Evaluates and writes `workdir/eval_results.json`; returns the results dict."""
+  from m2f_jax import data  # pylint: disable=g-import-not-at-top
   from m2f_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
   d, e = config.data, config.eval
   mesh = mesh or loop.make_mesh()
   if source is None:
-    source = loop.data_source(d, "validation")
+    source = data.data_source(d, "validation")
   if max_images is not None:
     source = [source[i] for i in range(min(max_images, len(source)))]
-  categories = dataset_categories(d)
+  categories = data.categories(d, config.model.num_classes)
   class_names = [c["name"] for c in categories]
   isthing = [bool(c["isthing"]) for c in categories]
   per_process = max(1, e.get("batch_size", mesh.devices.size) // jax.process_count())

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import PIL.Image
 
-from m2f_jax import evaluate
+from m2f_jax import data
 from m2f_jax import inference
 from m2f_jax import visualize
 
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
   config, model, variables = loop.load_for_inference(args.checkpoint)
-  categories = evaluate.dataset_categories(config.data, config.model.num_classes)
+  categories = data.categories(config.data, config.model.num_classes)
   isthing = [bool(c["isthing"]) for c in categories]
   e = config.eval
   forward = jax.jit(model.apply)

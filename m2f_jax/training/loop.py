@@ -255,24 +255,15 @@ class _Preemption:
 # Data
 # ------------------------------------------------------------------------------------------
 
-def data_source(data_cfg: ml_collections.ConfigDict, split: str):
-  """The random-access source of `split` ("train" or "validation") for `data.dataset`."""
-  if data_cfg.dataset == "synthetic":
-    from m2f_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    return synthetic.SyntheticSource(
-        data_cfg.num_train if split == "train" else data_cfg.num_val, split=split,
-        seed=data_cfg.seed, image_size=tuple(data_cfg.image_size))
-  raise ValueError(f"data.dataset {data_cfg.dataset!r} has no source yet; available: synthetic")
-
-
 def train_data_iterator(config: ml_collections.ConfigDict):
+  from m2f_jax import data  # pylint: disable=g-import-not-at-top
   from m2f_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   if d.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={d.batch_size} (global) must divide among "
                      f"{jax.process_count()} processes")
   return pipeline.train_iterator(
-      data_source(d, "train"), batch_size=d.batch_size // jax.process_count(),
+      data.data_source(d, "train"), batch_size=d.batch_size // jax.process_count(),
       seed=config.train.seed, task=d.task, num_targets=d.num_targets,
       image_size=tuple(d.image_size), pixel_mean=config.model.pixel_mean,
       pixel_std=config.model.pixel_std, ignore_label=d.ignore_label,
