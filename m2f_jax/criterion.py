@@ -143,7 +143,7 @@ def matching_cost(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray,
   pred = bilinear_sample(jnp.transpose(pred_masks, (0, 2, 3, 1)), points)  # [B, P, Q]
   # Targets at their own (full) resolution, the same points for every target of an image.
   target_points = jnp.broadcast_to(points[:, None], (batch_size, num_targets, num_points, 2))
-  tgt = bilinear_sample(target_masks.astype(jnp.float32)[..., None],
+  tgt = bilinear_sample(target_masks[..., None],
                         target_points)[..., 0]  # [B, M, P]
 
   pos = _bce_with_logits(pred, 1.0)  # [B, P, Q]
@@ -251,7 +251,7 @@ def mask_losses(*, pred_masks: jnp.ndarray, target_masks: jnp.ndarray,
       jnp.concatenate([uncertain_points, random_points], axis=-2))  # [B, M, P, 2]
 
   labels = jax.lax.stop_gradient(bilinear_sample(
-      target_masks.astype(jnp.float32)[..., None], points)[..., 0])  # [B, M, P]
+      target_masks[..., None], points)[..., 0])  # [B, M, P]
   logits = bilinear_sample(src, points)[..., 0]  # [B, M, P]
 
   bce = jnp.mean(_bce_with_logits(logits, labels), axis=-1)  # [B, M]
@@ -318,7 +318,7 @@ def set_criterion(*, outputs: dict, targets: dict, key: jax.Array, num_masks,
   num_stages, batch_size, num_queries = logits.shape[:3]
 
   labels, valid = targets["labels"], targets["valid"].astype(bool)
-  target_masks = targets["masks"].astype(jnp.float32)  # [B, M, H, W], shared by all stages
+  target_masks = targets["masks"]  # [B, M, H, W] uint8/bool, sampled without a float copy
   num_targets = labels.shape[1]
   if (masks.shape[1:3] != (batch_size, num_queries) or labels.shape != valid.shape
       or target_masks.shape[:2] != labels.shape or labels.shape[0] != batch_size):

@@ -42,7 +42,9 @@ def bilinear_sample(values: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
       of `values`. The coordinate math runs in float32.
 
   Returns:
-    `[..., P, C]` in the dtype of `values`.
+    `[..., P, C]` in the dtype of `values` (float32 for integer or boolean `values`, e.g.
+    uint8 target masks, which are gathered as they are and converted after the gather, so
+    no float copy of the whole array is made).
   """
   *batch, height, width, channels = values.shape
   if tuple(points.shape[:-2]) != tuple(batch) or points.shape[-1] != 2:
@@ -66,5 +68,6 @@ def bilinear_sample(values: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
   weights = jnp.where(inside, wx * wy, 0.0)  # [B, P, 4]
   index = jnp.where(inside, ys * width + xs, 0.0).astype(jnp.int32)  # [B, P, 4]
   corners = jax.vmap(lambda v, i: v[i])(flat_values, index)  # [B, P, 4, C]
-  out = jnp.sum(corners * weights[..., None], axis=-2)  # [B, P, C]
-  return out.astype(values.dtype).reshape(*batch, num_points, channels)
+  out_dtype = values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else jnp.float32
+  out = jnp.sum(corners.astype(weights.dtype) * weights[..., None], axis=-2)  # [B, P, C]
+  return out.astype(out_dtype).reshape(*batch, num_points, channels)

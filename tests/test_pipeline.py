@@ -1,4 +1,4 @@
-"""Tests of m2f_jax/data/{targets,pipeline}.py: targets, transforms, determinism, resume,
+"""Tests of m2f_jax/data/{targets,pipeline}.py: targets, basic transforms, determinism, resume,
 sharding and evaluation batches, on small synthetic images."""
 
 from absl import flags
@@ -9,6 +9,7 @@ import pytest
 from m2f_jax.data import pipeline
 from m2f_jax.data import synthetic
 from m2f_jax.data import targets
+from m2f_jax.data import transforms
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -139,7 +140,7 @@ def test_crop_pad_and_flip_move_every_field_together():
   record["instances"] = {"masks": (record["panoptic"][None] == record["segments_info"]["id"][
       :, None, None]).astype(np.uint8), "category_id": record["segments_info"]["category_id"],
                          "iscrowd": record["segments_info"]["iscrowd"]}
-  out = pipeline.crop_pad(pipeline.hflip(record), -3, 5, 36, 32)
+  out = transforms.crop_pad(transforms.hflip(record), -3, 5, 36, 32)
   expected_pan = np.zeros((36, 32), np.int32)
   expected_pan[3:33] = record["panoptic"][:, ::-1][:, 5:37]
   np.testing.assert_array_equal(out["panoptic"], expected_pan)
@@ -157,7 +158,7 @@ def test_augment_keeps_masks_on_the_image(scale_range):
   flipped = []
   for seed in range(6):
     record = _id_coded(synthetic.generate_record(seed, image_size=source_size))
-    out = pipeline.augment(record, np.random.default_rng(seed), image_size=SIZE,
+    out = transforms.augment(record, np.random.default_rng(seed), image_size=SIZE,
                            scale_range=scale_range)
     valid = out["padding_mask"]
     assert out["image"].shape == SIZE + (3,) and valid.shape == SIZE

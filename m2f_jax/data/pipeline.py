@@ -4,32 +4,34 @@ Any random-access source of records works: `synthetic.SyntheticSource`, or a tfd
 `builder.as_data_source()[split]` (its examples are brought to the record format of
 `m2f_jax/data/__init__.py` by `normalize_record`).
 
-Training (`train_iterator`) follows the official Mask2Former recipe on one process's shard:
-shuffle (reseeded every epoch), repeat, random horizontal flip, optional scale jitter with a
-random crop / pad to the training size (Detectron2's `ResizeScale` + `FixedSizeCrop`, the
-"large scale jitter" of the COCO configs), targets, batches. The iterator is a grain
-`DatasetIterator`: `get_state()` / `set_state()` resume it exactly.
+Training (`train_iterator`) on one process's shard: shuffle (reseeded every epoch), repeat,
+one augmentation recipe of `transforms.AUGMENTATIONS` ("synthetic", or the official
+"coco_lsj", "ade20k_semantic", "cityscapes" recipes; see `m2f_jax/data/transforms.py`),
+targets, batches. The iterator is a grain `DatasetIterator`: `get_state()` / `set_state()`
+resume it exactly.
 
 Evaluation (`eval_batches`) keeps the order, optionally resizes the shortest edge (the
 official test-time `ResizeShortestEdge`), pads to a multiple of 32 (or a fixed size) and
 carries what post-processing and metrics need: the padded region, the resized and original
 sizes and the raw annotations.
 
-Images are normalized with the model's pixel mean/std and padded with zeros after
-normalization, as the official `ImageList.from_tensors` pads.
+Images are normalized with the model's pixel mean/std. Evaluation batches (and the
+"synthetic" recipe) pad with zeros after normalization, as the official
+`ImageList.from_tensors`; the official training recipes pad the uint8 image with 128 before
+normalization, as Detectron2's `FixedSizeCrop` and the Mask2Former semantic mapper.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import grain
 import numpy as np
-import PIL.Image
 
 from m2f_jax.data import targets as targets_lib
+from m2f_jax.data import transforms
 
 # ------------------------------------------------------------------------------------------
 # Records
@@ -84,94 +86,23 @@ def normalize_record(example: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------
-# Spatial transforms (every [H, W] field follows the image)
+# Training examples
 # ------------------------------------------------------------------------------------------
-
-
-def _transform(record: Mapping[str, Any], op: Callable[..., np.ndarray], *,
-               ignore_label: int) -> dict[str, Any]:
-  """Applies `op(array [H, W, ...], pad_value, is_image)` to the image and every map."""
-  out = dict(record)
-  out["image"] = op(record["image"], 0, True)
-  for key, pad in (("panoptic", 0), ("semantic", ignore_label), ("padding_mask", False)):
-    if key in record:
-      out[key] = op(record[key], pad, False)
-  if "instances" in record:
-    masks = np.moveaxis(record["instances"]["masks"], 0, -1)  # [H, W, N]
-    out["instances"] = dict(record["instances"],
-                            masks=np.ascontiguousarray(np.moveaxis(op(masks, 0, False), -1, 0)))
-  return out
-
-
-def hflip(record: Mapping[str, Any], *, ignore_label: int = 255) -> dict[str, Any]:
-  return _transform(record, lambda a, pad, is_image: a[:, ::-1], ignore_label=ignore_label)
-
-
-def _resize_op(array, pad, is_image, *, height, width):
-  del pad
-  if is_image:  # bilinear on the uint8 image, as Detectron2's ResizeTransform (PIL)
-    resized = PIL.Image.fromarray(array).resize((width, height), PIL.Image.Resampling.BILINEAR)
-    return np.asarray(resized)
-  in_h, in_w = array.shape[:2]  # nearest neighbour (pixel centres) for label maps
-  ys = np.minimum(((np.arange(height) + 0.5) * in_h / height).astype(np.int64), in_h - 1)
-  xs = np.minimum(((np.arange(width) + 0.5) * in_w / width).astype(np.int64), in_w - 1)
-  return array[ys][:, xs]
-
-
-def resize(record: Mapping[str, Any], height: int, width: int, *,
-           ignore_label: int = 255) -> dict[str, Any]:
-  op = functools.partial(_resize_op, height=height, width=width)
-  return _transform(record, op, ignore_label=ignore_label)
-
-
-def _crop_pad_op(array, pad, is_image, *, top, left, height, width):
-  del is_image
-  out = np.full((height, width) + array.shape[2:], pad, array.dtype)
-  src = array[max(top, 0):top + height, max(left, 0):left + width]
-  out[max(-top, 0):max(-top, 0) + src.shape[0], max(-left, 0):max(-left, 0) + src.shape[1]] = src
-  return out
-
-
-def crop_pad(record: Mapping[str, Any], top: int, left: int, height: int, width: int, *,
-             ignore_label: int = 255) -> dict[str, Any]:
-  """The window [top, top + height) x [left, left + width); outside the image is padding."""
-  op = functools.partial(_crop_pad_op, top=top, left=left, height=height, width=width)
-  return _transform(record, op, ignore_label=ignore_label)
-
-
-def augment(record: Mapping[str, Any], rng: np.random.Generator, *,
-            image_size: tuple[int, int], flip: bool = True,
-            scale_range: tuple[float, float] | None = None,
-            ignore_label: int = 255) -> dict[str, Any]:
-  """Random flip, scale jitter and crop / pad to `image_size`; adds "padding_mask" [H, W].
-
-  The image is scaled to fit `image_size` times a factor drawn from `scale_range` (1 when
-  None), then a random `image_size` window is cropped; the bottom / right rest is padding.
-  """
-  record = dict(record)
-  height, width = record["image"].shape[:2]
-  record.setdefault("padding_mask", np.ones((height, width), bool))
-  if flip and rng.random() < 0.5:
-    record = hflip(record, ignore_label=ignore_label)
-  out_h, out_w = image_size
-  scale = rng.uniform(*scale_range) if scale_range is not None else 1.0
-  factor = scale * min(out_h / height, out_w / width)
-  new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
-  if (new_h, new_w) != (height, width):
-    record = resize(record, new_h, new_w, ignore_label=ignore_label)
-  top = int(rng.integers(0, max(new_h - out_h, 0) + 1))
-  left = int(rng.integers(0, max(new_w - out_w, 0) + 1))
-  return crop_pad(record, top, left, out_h, out_w, ignore_label=ignore_label)
 
 
 def train_example(record: Mapping[str, Any], *, task: str, num_targets: int,
                   pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                  ignore_label: int = 255) -> dict[str, np.ndarray]:
-  """An augmented record -> the arrays of one training example (see `train_iterator`)."""
+                  ignore_label: int = 255, zero_padding: bool = True) -> dict[str, np.ndarray]:
+  """An augmented record -> the arrays of one training example (see `train_iterator`).
+
+  `zero_padding`: set the normalized image to 0 outside "padding_mask" (else the padding
+  keeps the value the augmentation gave the uint8 image).
+  """
   padding_mask = record["padding_mask"]
   images = targets_lib.normalize_image(record["image"], pixel_mean=pixel_mean,
                                        pixel_std=pixel_std)  # [H, W, 3]
-  images[~padding_mask] = 0.0
+  if zero_padding:
+    images[~padding_mask] = 0.0
   example = targets_lib.make_targets(record, task=task, num_targets=num_targets,
                                      ignore_label=ignore_label)
   example.update(images=images, padding_mask=padding_mask,
@@ -196,6 +127,10 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
                    pixel_mean: Sequence[float], pixel_std: Sequence[float],
                    ignore_label: int = 255, flip: bool = True,
                    scale_range: tuple[float, float] | None = None,
+                   augmentation: str = "synthetic",
+                   min_size_train: Sequence[int] | None = None,
+                   max_size_train: int | None = None,
+                   single_category_max_area: float = 1.0,
                    num_epochs: int | None = None,
                    shard_options: grain.sharding.ShardOptions | None = None,
                    worker_count: int = 0, worker_buffer_size: int = 2,
@@ -209,11 +144,21 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
       shards differ).
     task: "semantic", "instance" or "panoptic" (see `targets.make_targets`).
     num_targets: M, targets per example.
-    image_size: (H, W) of every training image (multiples of 32).
+    image_size: (H, W) of every training image (multiples of 32): the LSJ size, or the crop
+      size of "ade20k_semantic" / "cityscapes".
     pixel_mean, pixel_std: RGB normalization on the 0..255 scale.
     ignore_label: semantic label of unlabeled pixels.
     flip: random horizontal flip.
-    scale_range: (min, max) scale jitter; None for none.
+    scale_range: (min, max) scale jitter of "synthetic" (None: none) and "coco_lsj" (None:
+      the official (0.1, 2.0)).
+    augmentation: the recipe, one of `transforms.AUGMENTATIONS`: "synthetic" (flip, optional
+      scale jitter, crop / pad with 0), "coco_lsj", "ade20k_semantic", "cityscapes" (the
+      official recipes; their padding is image 128 (uint8, before normalization) and void).
+    min_size_train, max_size_train: short-edge choices and long-edge cap of "ade20k_semantic"
+      / "cityscapes" (None: the official values for `image_size`, e.g. 256..1024 and 2048 for
+      512x512).
+    single_category_max_area: crop constraint of "ade20k_semantic" / "cityscapes" (1.0, the
+      official value, disables it).
     num_epochs: None repeats forever.
     shard_options: grain ShardOptions; default `ShardByJaxProcess(drop_remainder=True)`.
     worker_count, worker_buffer_size: grain worker processes (0: all in this process) and
@@ -231,6 +176,9 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
   """
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+  if augmentation not in transforms.AUGMENTATIONS:
+    raise ValueError(f"unknown augmentation {augmentation!r}: use one of "
+                     f"{transforms.AUGMENTATIONS}")
   shard = _shard_options(shard_options, drop_remainder=True)
   ds = grain.MapDataset.source(source)
   if shard.drop_remainder:  # equal shards: every process runs the same number of steps
@@ -243,12 +191,16 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
   ds = ds.map(normalize_record)
   augment_seed = int(np.random.SeedSequence([seed, shard.shard_index]).generate_state(1)[0])
   ds = ds.random_map(
-      functools.partial(augment, image_size=tuple(image_size), flip=flip,
-                        scale_range=scale_range, ignore_label=ignore_label),
+      functools.partial(transforms.augment, image_size=tuple(image_size),
+                        augmentation=augmentation, flip=flip, scale_range=scale_range,
+                        min_size_train=min_size_train, max_size_train=max_size_train,
+                        single_category_max_area=single_category_max_area,
+                        ignore_label=ignore_label),
       seed=augment_seed)
   ds = ds.map(functools.partial(train_example, task=task, num_targets=num_targets,
                                 pixel_mean=tuple(pixel_mean), pixel_std=tuple(pixel_std),
-                                ignore_label=ignore_label))
+                                ignore_label=ignore_label,
+                                zero_padding=augmentation == "synthetic"))
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=prefetch))
@@ -260,13 +212,10 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
 
 def _resized_size(height: int, width: int, min_size: int | None,
                   max_size: int | None) -> tuple[int, int]:
-  """Detectron2's ResizeShortestEdge: shortest edge -> min_size, longest <= max_size."""
+  """The official test-time `ResizeShortestEdge(min_size, max_size)`; None: no resize."""
   if not min_size:
     return height, width
-  scale = min_size / min(height, width)
-  if max_size and max(height, width) * scale > max_size:
-    scale = max_size / max(height, width)
-  return int(height * scale + 0.5), int(width * scale + 0.5)
+  return transforms.resize_shortest_edge_size(height, width, min_size, max_size)
 
 
 def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel_mean,
@@ -276,7 +225,7 @@ def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel
   height, width = image.shape[:2]
   input_h, input_w = _resized_size(height, width, min_size, max_size)
   if (input_h, input_w) != (height, width):
-    image = _resize_op(image, 0, True, height=input_h, width=input_w)
+    image = transforms.resize_image(image, input_h, input_w)
   return {
       "images": targets_lib.normalize_image(image, pixel_mean=pixel_mean,
                                             pixel_std=pixel_std),  # [h, w, 3]
