@@ -2,7 +2,12 @@ r"""ADE20K SceneParsing semantic segmentation (150 classes), 160k iterations, po
 
 r50 trains on 512x512 crops; swin_l (IN21k, 384) on 640x640 crops as the official res640 config.
 
-  python train.py --config configs/ade20k_semantic.py:swin_l --workdir /tmp/m2f_ade_swin_l
+  # once: build the tfds dataset from your local copy (nothing is downloaded)
+  python -c "from configs import ade20k_semantic as c; from m2f_jax import data; \
+      d = c.get_config().data; d.update(source_dir='/data/ade20k', data_dir='/data/tfds'); \
+      data.prepare(d)"
+  python train.py --config configs/ade20k_semantic.py:swin_l --workdir /tmp/m2f_ade_swin_l \
+      --config.data.data_dir=/data/tfds
 """
 
 from m2f_jax import config_lib
@@ -13,4 +18,6 @@ def get_config(arg: str = "r50"):
       model=config_lib.model_config(config_lib.backbone_from_arg(arg), num_classes=150),
       dataset="ade20k", task="semantic", max_steps=160000, lr_schedule="poly")
   config.data.crop_size = (640, 640) if arg == "swin_l" else (512, 512)
+  config.data.update(  # m2f_jax/data/__init__.py documents these
+      data_dir="", source_dir="", on_error="fail", prepare_workers=8)
   return config

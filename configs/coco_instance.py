@@ -1,6 +1,15 @@
 r"""COCO 2017 instance segmentation (80 classes), the official 50-epoch schedule.
 
-  python train.py --config configs/coco_instance.py:r50 --workdir /tmp/m2f_coco_ins_r50
+  # once: build the tfds dataset from your local copy (nothing is downloaded)
+  python -c "from configs import coco_instance as c; from m2f_jax import data; \
+      d = c.get_config().data; d.update(source_dir='/data/coco', data_dir='/data/tfds'); \
+      data.prepare(d)"
+  python train.py --config configs/coco_instance.py:r50 --workdir /tmp/m2f_coco_ins_r50 \
+      --config.data.data_dir=/data/tfds
+
+Data fields: m2f_jax/data/__init__.py. Your own data in COCO instance format: add
+--config.data.dataset=coco_format --config.data.json_file=... --config.data.image_dir=...
+(val_* for the validation split) and set model.num_classes.
 """
 
 from m2f_jax import config_lib
@@ -9,8 +18,13 @@ from m2f_jax import config_lib
 def get_config(arg: str = "r50"):
   backbone = config_lib.backbone_from_arg(arg)
   large = arg == "swin_l"
-  return config_lib.base_config(
+  config = config_lib.base_config(
       model=config_lib.model_config(backbone, num_classes=80, num_queries=200 if large else 100),
       dataset="coco_instance", task="instance",
       max_steps=737500 if large else 368750,
       decay_steps=(655556, 710184) if large else (327778, 355092))
+  config.data.update(  # m2f_jax/data/__init__.py documents these
+      data_dir="", source_dir="", on_error="fail", prepare_workers=8, dataset_name="",
+      json_file="", image_dir="", panoptic_dir="", val_json_file="", val_image_dir="",
+      val_panoptic_dir="")
+  return config

@@ -107,6 +107,8 @@ def _open(path, data: bytes, what: str) -> PIL.Image.Image:
   try:
     image = PIL.Image.open(io.BytesIO(data))
     image.load()
+  except PIL.UnidentifiedImageError:
+    raise BadInputError(path, f"cannot decode the {what}: not an image file") from None
   except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
     raise BadInputError(path, f"cannot decode the {what} ({type(e).__name__}: {e})") from None
   return image
@@ -161,8 +163,10 @@ def check_labels(path, labels: np.ndarray, known: np.ndarray, what: str) -> None
   values = np.unique(labels)
   unknown = values[(values >= len(known)) | ~known[np.minimum(values, len(known) - 1)]]
   if unknown.size:
-    raise BadInputError(path, f"unknown {what} {unknown.tolist()[:10]} (known: "
-                              f"{np.flatnonzero(known).tolist()})")
+    valid = np.flatnonzero(known)
+    runs = np.split(valid, np.flatnonzero(np.diff(valid) > 1) + 1)
+    ranges = ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+    raise BadInputError(path, f"unknown {what} {unknown.tolist()[:10]} (known: {ranges})")
 
 
 def require(path: os.PathLike | str, what: str) -> str:

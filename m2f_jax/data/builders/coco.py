@@ -82,3 +82,309 @@ PANOPTIC_CATEGORIES = tuple(
 INSTANCE_CATEGORIES = tuple(
     {"id": i, "name": name, "isthing": 1, "dataset_id": coco_id}
     for i, (coco_id, name) in enumerate(c for c in _COCO_CATEGORIES if c[0] <= 90))
+
+_LAYOUT = """\
+Put (or link) the COCO 2017 release in the manual dir (data.source_dir), which then holds
+  train2017/*.jpg, val2017/*.jpg                     (train2017.zip, val2017.zip)
+  annotations/{kind}_train2017.json, annotations/{kind}_val2017.json{pngs}
+Nothing is downloaded."""
+_PANOPTIC_PNGS = """
+  panoptic_train2017/*.png, panoptic_val2017/*.png   (the zips inside
+      panoptic_annotations_trainval2017.zip; also found under annotations/)"""
+_FIELDS = ("json_file", "image_dir", "panoptic_dir")
+
+
+@dataclasses.dataclass(eq=False)
+class CocoConfig(builders.BuildConfig):
+  """`files`: None for the 2017 release (config name "2017", read from the manual dir), else
+  {split: {"json_file", "image_dir", "panoptic_dir" (panoptic format only)}}."""
+  files: dict[str, dict[str, str]] | None = None
+
+
+def categories_from_json(dataset: dict[str, Any], path: str, *,
+                         panoptic: bool) -> list[dict[str, Any]]:
+  """A COCO JSON's categories -> [{"id" (contiguous), "name", "isthing", "dataset_id"}].
+
+  Sorted by their id; the instance format has no `isthing` (every category is a thing).
+  """
+  found = dataset.get("categories")
+  if not found:
+    raise ValueError(f"{path} has no 'categories' list")
+  return [{"id": i, "name": str(c["name"]), "dataset_id": int(c["id"]),
+           "isthing": int(c.get("isthing", 1)) if panoptic else 1}
+          for i, c in enumerate(sorted(found, key=lambda c: c["id"]))]
+
+
+def _load_json(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def _split_files(builder, dl_manager, *, panoptic: bool) -> dict[str, dict[str, str]]:
+  """{split: {"json_file", "image_dir"[, "panoptic_dir"]}}, each checked to exist."""
+  config = builder.builder_config
+  fields = _FIELDS if panoptic else _FIELDS[:2]
+  if config.files is not None:
+    files = {}
+    for split, given in config.files.items():
+      missing = [f for f in fields if not given.get(f)]
+      if missing:
+        raise ValueError(f"{builder.name} config {config.name!r}: split {split!r} names no "
+                         f"{missing}; a COCO {'panoptic' if panoptic else 'instance'} dataset "
+                         f"needs {list(fields)}")
+      files[split] = {f: builders.require(given[f], f"{split} {f}") for f in fields}
+    return files
+  if config.name != RELEASE:
+    raise ValueError(f"{builder.name} config {config.name!r} has no `files`; only the config "
+                     f"{RELEASE!r} reads the COCO release")
+  root = dl_manager.manual_dir
+  kind = "panoptic" if panoptic else "instances"
+  files = {}
+  for split, folder in SPLITS.items():
+    files[split] = {
+        "json_file": builders.require(root / "annotations" / f"{kind}_{folder}.json",
+                                      f"COCO {kind} annotations of {split}"),
+        "image_dir": builders.require(root / folder, f"COCO {split} images"),
+    }
+    if panoptic:
+      candidates = [root / f"panoptic_{folder}", root / "annotations" / f"panoptic_{folder}"]
+      found = [c for c in candidates if c.is_dir()]
+      if not found:
+        raise FileNotFoundError(
+            f"COCO panoptic PNGs of {split} not found: neither {candidates[0]} nor "
+            f"{candidates[1]} exists (unzip annotations/panoptic_{folder}.zip there)")
+      files[split]["panoptic_dir"] = os.fspath(found[0])
+  return files
+
+
+def _categories(builder, files, datasets, *, panoptic: bool) -> list[dict[str, Any]]:
+  """The release's categories, or the user's (every split's JSON must agree)."""
+  if builder.builder_config.files is None:
+    return list(PANOPTIC_CATEGORIES if panoptic else INSTANCE_CATEGORIES)
+  found = {split: categories_from_json(datasets[split], files[split]["json_file"],
+                                       panoptic=panoptic) for split in files}
+  first, *others = found
+  for split in others:
+    if found[split] != found[first]:
+      raise ValueError(f"the categories of {files[split]['json_file']} differ from those of "
+                       f"{files[first]['json_file']}; every split needs the same list")
+  builder.info.metadata["categories"] = found[first]
+  return found[first]
+
+
+def _check_declared_size(path: str, image_info: dict[str, Any], size: tuple[int, int],
+                         json_file: str) -> None:
+  declared = (image_info.get("height"), image_info.get("width"))
+  if None not in declared and tuple(declared) != tuple(size):
+    raise builders.BadInputError(
+        path, f"the image is {size[0]}x{size[1]} (HxW) but {json_file} says "
+              f"{declared[0]}x{declared[1]}")
+
+
+def _malformed_as_bad_input(json_file: str, process):
+  """`process`, raising a `BadInputError` naming the JSON for an entry missing a field."""
+  def wrapped(item, notes):
+    try:
+      return process(item, notes)
+    except (KeyError, TypeError) as e:
+      index, image_info = item
+      name = image_info.get("file_name", f"#{index}") if isinstance(image_info, dict) else index
+      raise builders.BadInputError(
+          json_file, f"image {name}: malformed entry ({type(e).__name__}: {e})") from e
+  return wrapped
+
+
+def _image_id(image_info: dict[str, Any], index: int) -> int:
+  """The JSON's integer image id, else the image's index in the JSON."""
+  image_id = image_info.get("id")
+  return int(image_id) if isinstance(image_id, (int, np.integer)) else index
+
+
+def _features(annotations: dict[str, tfds.features.FeatureConnector]
+              ) -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      # JPEG files are kept as they are; other images are stored as RGB PNG.
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      **annotations,
+      "image_id": np.int64,
+      "file_name": tfds.features.Text(),
+  })
+
+
+class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """COCO panoptic segmentation: image, panoptic ids, semantic map, segments."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT.format(kind="panoptic", pngs=_PANOPTIC_PNGS)
+  # tfds looks a builder's file up with importlib_resources (not installed); it is known.
+  code_path = epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    release = self.builder_config.files is None
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        homepage="https://cocodataset.org/#panoptic-2020",
+        features=_features({
+            # COCO's RGB encoding of segment ids: id = R + 256 G + 256^2 B.
+            "panoptic": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            "semantic": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+            "segments_info": tfds.features.Sequence({
+                "id": np.int32, "category_id": np.int32,
+                "iscrowd": np.bool_, "isthing": np.bool_}),
+        }),
+        metadata=builders.metadata(categories=list(PANOPTIC_CATEGORIES) if release else []),
+    )
+
+  def _split_generators(self, dl_manager):
+    files = _split_files(self, dl_manager, panoptic=True)
+    datasets = {split: _load_json(f["json_file"]) for split, f in files.items()}
+    categories = _categories(self, files, datasets, panoptic=True)
+    return {split: self._generate_examples(split, files[split], datasets[split], categories)
+            for split in files}
+
+  def _generate_examples(self, split, files, dataset, categories):
+    json_file = files["json_file"]
+    by_dataset_id = {c["dataset_id"]: c for c in categories}
+    annotations = {a["image_id"]: a for a in dataset.get("annotations", [])}
+
+    def process(item, notes):
+      del notes
+      index, image_info = item
+      file_name = image_info["file_name"]
+      image_path = os.path.join(files["image_dir"], file_name)
+      annotation = annotations.get(image_info.get("id"))
+      if annotation is None:
+        raise builders.BadInputError(image_path, f"the image has no annotation in {json_file}")
+      image, size = builders.read_image(image_path)
+      _check_declared_size(image_path, image_info, size, json_file)
+      png_name = annotation.get("file_name") or os.path.splitext(file_name)[0] + ".png"
+      png_path = os.path.join(files["panoptic_dir"], png_name)
+      ids, panoptic = builders.read_panoptic(png_path)  # [H, W]
+      builders.check_size(png_path, ids.shape, size, "panoptic PNG")
+      segments = annotation.get("segments_info", [])
+      for s in segments:
+        if s["category_id"] not in by_dataset_id:
+          raise builders.BadInputError(
+              json_file, f"image {file_name}: segment {s['id']} has the unknown category_id "
+                         f"{s['category_id']} (not among its {len(categories)} categories)")
+      segment_ids = np.array([s["id"] for s in segments], np.int32)  # [S]
+      if len(np.unique(segment_ids)) != len(segment_ids):
+        raise builders.BadInputError(json_file, f"image {file_name}: repeated segment ids "
+                                                f"{segment_ids.tolist()}")
+      present, inverse = np.unique(ids, return_inverse=True)
+      stray = np.setdiff1d(present, np.append(segment_ids, 0))
+      if stray.size:
+        raise builders.BadInputError(
+            png_path, f"segment ids {stray.tolist()[:10]} of the PNG are not in the "
+                      f"segments_info of {json_file}")
+      category = np.array([by_dataset_id[s["category_id"]]["id"] for s in segments], np.int32)
+      isthing = np.array([by_dataset_id[s["category_id"]]["isthing"] for s in segments], bool)
+      class_of = dict(zip(segment_ids.tolist(), category.tolist()))
+      lut = np.array([class_of.get(i, builders.IGNORE_LABEL) for i in present.tolist()],
+                     np.uint8)
+      semantic = lut[inverse.reshape(ids.shape)]  # [H, W]
+      return file_name, {
+          "image": image,
+          "panoptic": panoptic,
+          "semantic": builders.encode_png(semantic),
+          "segments_info": {
+              "id": segment_ids, "category_id": category, "isthing": isthing,
+              "iscrowd": np.array([bool(s.get("iscrowd", 0)) for s in segments], bool)},
+          "image_id": _image_id(image_info, index),
+          "file_name": file_name,
+      }
+
+    return builders.generate_examples(self, split, enumerate(dataset.get("images", [])),
+                                      _malformed_as_bad_input(json_file, process))
+
+
+class CocoInstance(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """COCO instance segmentation: image and overlapping instance masks."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT.format(kind="instances", pngs="")
+  code_path = epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    release = self.builder_config.files is None
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        homepage="https://cocodataset.org/#detection-2020",
+        features=_features({
+            "instances": tfds.features.Sequence({
+                "masks": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+                "category_id": np.int32, "iscrowd": np.bool_}),
+        }),
+        metadata=builders.metadata(categories=list(INSTANCE_CATEGORIES) if release else []),
+    )
+
+  def _split_generators(self, dl_manager):
+    files = _split_files(self, dl_manager, panoptic=False)
+    datasets = {split: _load_json(f["json_file"]) for split, f in files.items()}
+    categories = _categories(self, files, datasets, panoptic=False)
+    return {split: self._generate_examples(split, files[split], datasets[split], categories)
+            for split in files}
+
+  def _generate_examples(self, split, files, dataset, categories):
+    json_file = files["json_file"]
+    by_dataset_id = {c["dataset_id"]: c for c in categories}
+    per_image = collections.defaultdict(list)
+    for a in dataset.get("annotations", []):
+      per_image[a["image_id"]].append(a)
+
+    def process(item, notes):
+      index, image_info = item
+      file_name = image_info["file_name"]
+      image_path = os.path.join(files["image_dir"], file_name)
+      image, (height, width) = builders.read_image(image_path)
+      _check_declared_size(image_path, image_info, (height, width), json_file)
+      masks, category, crowd = [], [], []
+      for a in per_image.get(image_info.get("id"), []):
+        where = f"image {file_name}: annotation {a.get('id')}"
+        if a.get("category_id") not in by_dataset_id:
+          raise builders.BadInputError(
+              json_file, f"{where} has the unknown category_id {a.get('category_id')} (not "
+                         f"among its {len(categories)} categories)")
+        segmentation = a.get("segmentation")
+        if isinstance(segmentation, dict):  # RLE, compressed (str) or not (list of counts)
+          size = tuple(segmentation.get("size", ()))
+          if len(size) != 2:
+            raise builders.BadInputError(json_file, f"{where}: its RLE has no [H, W] 'size'")
+          if size != (height, width):
+            raise builders.BadInputError(
+                json_file, f"{where}: its RLE mask is {size[0]}x{size[1]} (HxW) but the image "
+                           f"is {height}x{width}")
+          rle = segmentation
+          if isinstance(rle.get("counts"), list):
+            rle = mask_util.frPyObjects(rle, height, width)
+          mask = mask_util.decode(rle)  # [H, W]
+        elif isinstance(segmentation, list) and segmentation:  # polygons
+          polygons = [p for p in segmentation if len(p) % 2 == 0 and len(p) >= 6]
+          if not polygons:
+            notes.append(f"{json_file}: {where}: no polygon with 3 or more points")
+            continue
+          mask = mask_util.decode(mask_util.merge(
+              mask_util.frPyObjects(polygons, height, width)))  # [H, W]
+        else:
+          raise builders.BadInputError(json_file, f"{where} has no segmentation (polygons "
+                                                  "or RLE)")
+        masks.append(builders.encode_png(mask.astype(np.uint8)))
+        category.append(by_dataset_id[a["category_id"]]["id"])
+        crowd.append(bool(a.get("iscrowd", 0)))
+      return file_name, {
+          "image": image,
+          "instances": {"masks": masks, "category_id": np.array(category, np.int32),
+                        "iscrowd": np.array(crowd, bool)},
+          "image_id": _image_id(image_info, index),
+          "file_name": file_name,
+      }
+
+    return builders.generate_examples(self, split, enumerate(dataset.get("images", [])),
+                                      _malformed_as_bad_input(json_file, process))
