@@ -58,7 +58,8 @@ def _random_record(seed, height, width):
   info = {"id": seg_ids, "category_id": seg_ids % 7, "iscrowd": np.zeros(999, bool),
           "isthing": np.ones(999, bool)}
   return {"image": rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "image_id": seed,
-          "panoptic": panoptic, "segments_info": info}
+          "panoptic": panoptic, "semantic": (panoptic % 7).astype(np.uint8),
+          "segments_info": info}
 
 
 def _check_padding(out, image_size, pad_value):
@@ -72,7 +73,8 @@ def _check_padding(out, image_size, pad_value):
   assert rows[:rows.sum()].all() and cols[:cols.sum()].all()  # prefixes: top-left rectangle
   assert np.all(out["image"][~valid] == pad_value)
   assert not out["panoptic"][~valid].any() and np.all(out["semantic"][~valid] == 255)
-  assert not out["instances"]["masks"][:, ~valid].any()
+  if "instances" in out:
+    assert not out["instances"]["masks"][:, ~valid].any()
   return rows.sum(), cols.sum()
 
 
@@ -99,9 +101,9 @@ def test_nearest_indices_are_pil_nearest():
 
 
 @pytest.mark.parametrize("resized_size,window", [
-    ((150, 200), (30, 50, 64, 96)),  # upscale, inside
+    ((151, 203), (30, 50, 64, 96)),  # upscale, inside
     ((40, 50), (0, 0, 64, 64)),      # downscale, padded bottom / right
-    ((90, 120), (-5, 100, 32, 32)),  # window leaving the image on two sides
+    ((97, 131), (-5, 110, 32, 32)),  # window leaving the image on two sides
 ])
 def test_resize_crop_pad_is_resize_then_crop(resized_size, window):
   record = _random_record(1, 60, 80)
@@ -111,8 +113,10 @@ def test_resize_crop_pad_is_resize_then_crop(resized_size, window):
   full = transforms.resize(record, *resized_size)
   expected = transforms.crop_pad(full, *window, image_pad_value=128)
   np.testing.assert_array_equal(fused["panoptic"], expected["panoptic"])
+  # Rounding ties of PIL's two uint8 passes may break the other way (rare but at simple
+  # ratios such as 1.5, where noise images hold many ties).
   diff = np.abs(fused["image"].astype(int) - expected["image"])
-  assert diff.max() <= 1 and np.mean(diff > 0) < 0.02
+  assert diff.max() <= 2 and np.mean(diff > 0) < 0.02
   # The full resize is PIL's (bilinear image, nearest labels).
   np.testing.assert_array_equal(full["image"], np.asarray(PIL.Image.fromarray(
       record["image"]).resize(resized_size[::-1], PIL.Image.Resampling.BILINEAR)))
@@ -122,17 +126,17 @@ def test_detectron2_size_rules():
   size = transforms.resize_shortest_edge_size
   assert size(512, 683, 256, 2048) == (256, 342)     # ADE20K, shortest edge 256
   assert size(1024, 2048, 2048, 4096) == (2048, 4096)  # Cityscapes, at the cap
-  assert size(1024, 2048, 1843, 4096) == (2048, 4096)  # capped: 3686 -> 4096 is too long
+  assert size(500, 2000, 1200, 4096) == (1024, 4096)  # longest edge 4800 capped
   assert size(40, 60, 60, 80) == (53, 80)
   assert size(480, 640, 800, 1333) == (800, 1067)      # COCO test-time
   assert size(640, 427, 800, 1333) == (1199, 800)
   assert transforms.resize_scale_size(480, 640, scale=1.0, target_size=(1024, 1024)) == (
       768, 1024)
   assert transforms.resize_scale_size(480, 640, scale=0.1, target_size=(1024, 1024)) == (77, 102)
-  assert transforms.default_min_sizes((512, 512)) == tuple(range(256, 1025, 51))[:0] + (
+  assert transforms.default_min_sizes((512, 512)) == (
       256, 307, 358, 409, 460, 512, 563, 614, 665, 716, 768, 819, 870, 921, 972, 1024)
-  assert transforms.default_min_sizes((512, 1024))[::5] == (512, 1126, 1740, 2048)[:3] + (
-      2048,)[:0] + (512, 1126, 1740)[3:] + (2048,)  # [int(x * 0.1 * 1024) for x in 5, 10, ..]
+  cityscapes = transforms.default_min_sizes((512, 1024))
+  assert (cityscapes[0], cityscapes[1], cityscapes[-1]) == (512, 614, 2048)
 
 
 class _ReplayRandom:
@@ -196,7 +200,7 @@ def test_color_aug_ssd_is_detectron2s():
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.uint8 and got.shape == image.shape
     changed += not np.array_equal(got, image)
-  assert 8 <= changed < 16  # each step happens with probability 1/2
+  assert changed >= 12  # unchanged with probability 1/16 (every step skipped)
 
 
 def test_crop_category_constraint():
@@ -224,6 +228,7 @@ def test_crop_category_constraint():
       30, 40)
   # Through the recipe (derived from the panoptic map here).
   record = _random_record(0, 40, 40)
+  del record["semantic"]
   record["panoptic"] = np.where(np.arange(40) < 20, 1, 2).astype(np.int32)[None].repeat(40, 0)
   record["segments_info"]["category_id"] = np.arange(999, dtype=np.int32) % 2
   good = 0
@@ -266,10 +271,9 @@ def test_labels_follow_the_image(recipe):
     t = pipeline.train_example(out, task="panoptic", num_targets=30, pixel_mean=MEAN,
                                pixel_std=STD, zero_padding=recipe == "synthetic")
     assert not t["masks"][:, ~out["padding_mask"]].any()
-    np.testing.assert_allclose(
-        t["images"][~out["padding_mask"]],
-        np.broadcast_to((pad_value - np.array(MEAN)) / np.array(STD),
-                        t["images"][~out["padding_mask"]].shape), rtol=1e-6)
+    pad_image = t["images"][~out["padding_mask"]]
+    expected = 0.0 if recipe == "synthetic" else (pad_value - np.array(MEAN)) / STD
+    np.testing.assert_allclose(pad_image, np.broadcast_to(expected, pad_image.shape), rtol=1e-6)
   assert checked > 1000
   if recipe not in ("ade20k_semantic", "cityscapes"):
     return
@@ -294,8 +298,7 @@ def test_lsj_window_and_sizes():
     out = transforms.augment(record, np.random.default_rng(seed), image_size=(64, 64),
                              augmentation="coco_lsj", scale_range=(scale, scale), flip=False)
     new_h, new_w = transforms.resize_scale_size(48, 72, scale=scale, target_size=(64, 64))
-    valid_h, valid_w = _check_padding(dict(out, instances={"masks": np.zeros((0, 64, 64))}),
-                                      (64, 64), 128)
+    valid_h, valid_w = _check_padding(out, (64, 64), 128)
     assert (valid_h, valid_w) == (min(new_h, 64), min(new_w, 64))
     full = transforms.resize(record, new_h, new_w)["panoptic"]
     max_h, max_w = new_h - valid_h, new_w - valid_w
@@ -307,11 +310,9 @@ def test_lsj_window_and_sizes():
     lo = max((top - 0.5) / max_h if max_h else 0, (left - 0.5) / max_w if max_w else 0)
     hi = min((top + 0.5) / max_h if max_h else 1, (left + 0.5) / max_w if max_w else 1)
     assert lo <= hi + 1e-9, (top, left, max_h, max_w)  # one u: top = round(u * max_h), ...
-  # The default scale range is the official (0.1, 2.0).
-  scales = []
-  for seed in range(40):
-    out = _augment("coco_lsj", record, seed)
-    scales.append(out["padding_mask"].any(0).sum() / 64 / (72 / 48 * 48 / 72))
+  # The default scale range is the official (0.1, 2.0): the width is min(64 s, 64) here.
+  scales = [_augment("coco_lsj", record, seed)["padding_mask"].any(0).sum() / 64
+            for seed in range(40)]
   assert min(scales) < 0.3 and max(scales) == 1.0
 
 
@@ -323,29 +324,31 @@ def test_shortest_edge_crop_window_and_sizes(recipe):
     out = _augment(recipe, record, seed, min_size_train=(short,), max_size_train=100,
                    flip=False)
     new_h, new_w = transforms.resize_shortest_edge_size(40, 60, short, 100)
-    valid_h, valid_w = _check_padding(dict(out, instances={"masks": np.zeros((0, 1, 1))}),
-                                      (crop_h, crop_w), 128)
+    valid_h, valid_w = _check_padding(out, (crop_h, crop_w), 128)
     assert (valid_h, valid_w) == (min(new_h, crop_h), min(new_w, crop_w))
     full = transforms.resize(record, new_h, new_w)["panoptic"]
     assert sum(np.array_equal(full[t:t + valid_h, l:l + valid_w],
                               out["panoptic"][:valid_h, :valid_w])
                for t in range(new_h - valid_h + 1) for l in range(new_w - valid_w + 1)) == 1
-  # The official short-edge choices of the crop size, and the flip (of the crop only).
-  record = _random_record(6, 30, 40)
+  # The official short-edge choices of the crop size (seen where the short side is not
+  # cropped), and the flip (of the crop only, before padding).
+  source_size = (30, 40) if recipe == "ade20k_semantic" else (40, 30)
+  short_axis = int(np.argmin(source_size))
+  record = _random_record(6, *source_size)
   sizes, flipped = set(), 0
   for seed in range(60):
     out = _augment(recipe, record, seed)
-    h, w = out["padding_mask"].any(1).sum(), out["padding_mask"].any(0).sum()
-    noflip = transforms.augment(record, np.random.default_rng(seed), image_size=SIZES[recipe],
-                                augmentation=recipe, flip=False)
-    same = np.array_equal(out["panoptic"], noflip["panoptic"])
-    if not same:
-      np.testing.assert_array_equal(out["panoptic"][:h, :w], noflip["panoptic"][:h, :w, ][:, ::-1])
-    flipped += not same
-    sizes.add(min(h, w) if h < crop_h and w < crop_w else None)
+    valid = (out["padding_mask"].any(1).sum(), out["padding_mask"].any(0).sum())
+    if valid[short_axis] < SIZES[recipe][short_axis]:
+      sizes.add(int(valid[short_axis]))
+    noflip = _augment(recipe, record, seed, flip=False)
+    h, w = valid
+    if not np.array_equal(out["panoptic"], noflip["panoptic"]):
+      flipped += 1
+      np.testing.assert_array_equal(out["panoptic"][:h, :w], noflip["panoptic"][:h, :w][:, ::-1])
+      np.testing.assert_array_equal(out["image"][:h, :w], noflip["image"][:h, :w][:, ::-1])
   assert 15 <= flipped <= 45
-  official = set(transforms.default_min_sizes(SIZES[recipe]))
-  assert sizes - {None} and sizes - {None} <= official
+  assert len(sizes) >= 2 and sizes <= set(transforms.default_min_sizes(SIZES[recipe]))
 
 
 @pytest.mark.parametrize("recipe", transforms.AUGMENTATIONS)

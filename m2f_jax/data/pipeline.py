@@ -169,7 +169,8 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
 
   Returns:
     A grain `DatasetIterator` (resume exactly with `get_state()` / `set_state()`) of dicts:
-      "images": float32 [B, H, W, 3] normalized, 0 on padding
+      "images": float32 [B, H, W, 3] normalized; padding 0 ("synthetic") or the
+        normalized uint8 128 (official recipes)
       "padding_mask": bool [B, H, W] True on image pixels
       "labels": int32 [B, M], "masks": uint8 [B, M, H, W], "valid": bool [B, M]
       "image_id": int64 [B]

@@ -27,8 +27,9 @@ Recipes (`augment(..., augmentation=...)`), following the official dataset mappe
       official configs set single_category_max_area to 1.0 (a plain random crop).
 
 Where the official code resizes then crops, `resize_crop_pad` resamples only the cropped
-window (PIL's `box`), which equals resizing the whole image then cropping up to rounding of
-the uint8 image (at most 1 level on under 1% of pixels) and exactly for labels.
+window (PIL's `box`; up to 4x less work for LSJ's upscaled images): labels are exactly those
+of resizing the whole map then cropping, the image too up to rounding ties of PIL's uint8
+passes (a level or two on a few percent of the pixels of a noisy image).
 
 Randomness comes from the `np.random.Generator` passed in (grain's `random_map`), so that a
 pipeline is deterministic given its seed.
