@@ -17,7 +17,9 @@ def get_config(arg: str = "r50"):
   config = config_lib.base_config(
       model=config_lib.model_config(config_lib.backbone_from_arg(arg), num_classes=150),
       dataset="ade20k", task="semantic", max_steps=160000, lr_schedule="poly")
-  config.data.crop_size = (640, 640) if arg == "swin_l" else (512, 512)
+  size = 640 if arg == "swin_l" else 512
+  config.data.image_size = (size, size)  # the crop
+  config.eval.update(min_size=size, max_size=4 * size)
   config.data.update(  # m2f_jax/data/__init__.py documents these
       data_dir="", source_dir="", on_error="fail", prepare_workers=8)
   return config

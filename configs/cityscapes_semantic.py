@@ -15,7 +15,7 @@ def get_config(arg: str = "r50"):
   config = config_lib.base_config(
       model=config_lib.model_config(config_lib.backbone_from_arg(arg), num_classes=19),
       dataset="cityscapes", task="semantic", max_steps=90000, lr_schedule="poly")
-  config.data.crop_size = (512, 1024)
+  config.data.image_size = (512, 1024)  # the crop
   config.data.update(  # m2f_jax/data/__init__.py documents these
       data_dir="", source_dir="", on_error="fail", prepare_workers=8)
   return config

@@ -119,9 +119,19 @@ def base_config(*, model: ml_collections.ConfigDict, dataset: str, task: str,
   """A complete config: model, data, loss, optim, train and eval sections."""
   config = ml_collections.ConfigDict()
   config.model = model
+  # The official augmentation recipe and test-time resize (shortest edge, longest cap).
+  augmentation, eval_size = {
+      "coco_panoptic": ("coco_lsj", (800, 1333)), "coco_instance": ("coco_lsj", (800, 1333)),
+      "ade20k": ("ade20k_semantic", (512, 2048)), "cityscapes": ("cityscapes", (1024, 2048)),
+  }.get(dataset, ("synthetic", (None, None)))
   config.data = ml_collections.ConfigDict(dict(
       dataset=dataset, task=task, batch_size=batch_size,  # global batch over all hosts
-      ignore_label=255, num_targets=100, image_size=(1024, 1024), scale_range=(0.1, 2.0),
+      ignore_label=255, num_targets=100,
+      augmentation=augmentation,   # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
+      image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)
+      scale_range=(0.1, 2.0),      # LSJ scale jitter
+      min_size_train=ml_collections.FieldReference(None, field_type=int),  # None: from size
+      max_size_train=ml_collections.FieldReference(None, field_type=int),
       worker_count=4, read_threads=1, prefetch=2))
   config.loss = loss_config()
   config.optim = optim_config(max_steps, lr_schedule, decay_steps)
@@ -129,6 +139,10 @@ def base_config(*, model: ml_collections.ConfigDict, dataset: str, task: str,
       seed=0, checkpoint_every=5000, keep_checkpoints=3, log_every=20, bf16=False,
       remat=False))
   config.eval = ml_collections.ConfigDict(dict(
+      min_size=ml_collections.FieldReference(eval_size[0], field_type=int),
+      max_size=ml_collections.FieldReference(eval_size[1], field_type=int),
+      batch_size=8,  # global
+      pad_size=ml_collections.FieldReference(None, field_type=tuple),  # needed multi-host
       object_mask_threshold=0.8, overlap_threshold=0.8, instance_topk=100,
       semantic_on=task == "semantic" or dataset == "coco_panoptic",
       panoptic_on=task == "panoptic",

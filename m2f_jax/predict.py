@@ -41,14 +41,14 @@ def read_image(path: str) -> np.ndarray:
 
 def prepare(image: np.ndarray, *, pixel_mean, pixel_std, min_size=None, max_size=None):
   """Resized (official test-time rule), normalized, padded to a multiple of 32, batched."""
-  from m2f_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from m2f_jax.data import pipeline, targets, transforms  # pylint: disable=g-import-not-at-top
   h, w = image.shape[:2]
-  nh, nw = pipeline._resized_size(h, w, min_size, max_size)  # pylint: disable=protected-access
+  nh, nw = pipeline.eval_resize_size(h, w, min_size, max_size)
   if (nh, nw) != (h, w):
-    image = np.asarray(PIL.Image.fromarray(image).resize((nw, nh), PIL.Image.BILINEAR))
+    image = transforms.resize_image(image, nh, nw)
   ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
-  x = np.zeros((1, ph, pw, 3), np.float32)
-  x[0, :nh, :nw] = (image.astype(np.float32) - np.asarray(pixel_mean)) / np.asarray(pixel_std)
+  x = np.zeros((1, ph, pw, 3), np.float32)  # [1, H, W, 3], zero (the mean) on padding
+  x[0, :nh, :nw] = targets.normalize_image(image, pixel_mean=pixel_mean, pixel_std=pixel_std)
   return x, (nh, nw)
 
 

@@ -211,7 +211,7 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
   return iter(ds)
 
 
-def _resized_size(height: int, width: int, min_size: int | None,
+def eval_resize_size(height: int, width: int, min_size: int | None,
                   max_size: int | None) -> tuple[int, int]:
   """The official test-time `ResizeShortestEdge(min_size, max_size)`; None: no resize."""
   if not min_size:
@@ -224,7 +224,7 @@ def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel
   record = normalize_record(source[slot if slot >= 0 else fallback])
   image = record.pop("image")
   height, width = image.shape[:2]
-  input_h, input_w = _resized_size(height, width, min_size, max_size)
+  input_h, input_w = eval_resize_size(height, width, min_size, max_size)
   if (input_h, input_w) != (height, width):
     image = transforms.resize_image(image, input_h, input_w)
   return {
