@@ -26,7 +26,10 @@ def main(argv):
   from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  config, model, variables = loop.load_for_inference(f.checkpoint, f.config)
+  try:
+    config, model, variables = loop.load_for_inference(f.checkpoint, f.config)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
   workdir = os.path.abspath(f.workdir or f.checkpoint)
   os.makedirs(workdir, exist_ok=True)
   report = evaluate.evaluate(config=config, model=model, variables=variables, workdir=workdir,

@@ -160,13 +160,19 @@ def _instances_from_panoptic(ann: dict) -> dict:
           "iscrowd": np.asarray([info["iscrowd"][i] for i in keep], bool)}
 
 
+REPORT_KEYS = {
+    "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC"),
+    "panoptic_seg": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
+    "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+}
+
+
 def format_report(report: dict) -> str:
-  """A printable table of the metrics."""
+  """A printable table of the headline metrics (per-class values stay in the JSON)."""
   lines = []
-  for task in ("sem_seg", "panoptic_seg", "segm"):
+  for task, keys in REPORT_KEYS.items():
     if task in report:
-      metrics = report[task]
-      keys = [k for k in metrics if not isinstance(metrics[k], (dict, list))]
+      keys = [k for k in keys if k in report[task]]
       lines.append(f"{task:13}" + "".join(f"{k:>8}" for k in keys))
-      lines.append(" " * 13 + "".join(f"{metrics[k]:8.2f}" for k in keys))
+      lines.append(" " * 13 + "".join(f"{report[task][k]:8.2f}" for k in keys))
   return "\n".join(lines)

@@ -108,7 +108,11 @@ def main(argv=None) -> int:
 
   import jax  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
-  config, model, variables = loop.load_for_inference(args.checkpoint)
+  try:
+    config, model, variables = loop.load_for_inference(args.checkpoint)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   categories = data.categories(config.data, config.model.num_classes)
   isthing = [bool(c["isthing"]) for c in categories]
   e = config.eval

@@ -42,6 +42,14 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   from m2f_jax.convert import detectron2, hf  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(args.source):
+    print(f"error: {args.source} does not exist (give a transformers save_pretrained "
+          "directory for --from hf, a model-zoo .pkl for --from detectron2)", file=sys.stderr)
+    return 1
+  if os.path.exists(args.output) and os.listdir(args.output) and not args.overwrite:
+    print(f"error: {args.output} exists and is not empty; choose another --output or pass "
+          "--overwrite", file=sys.stderr)
+    return 1
   try:
     if args.source_format == "hf":
       with open(os.path.join(args.source, "config.json")) as f:
