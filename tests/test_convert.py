@@ -282,3 +282,11 @@ def test_imagenet_backbone_loads_into_backbone_only(name, tmp_path_factory, tmp_
   for k in got:
     in_backbone = "pixel_level_module/encoder/" in k and "hidden_states_norms" not in k
     np.testing.assert_array_equal(got[k], want[k] if in_backbone else init[k], err_msg=k)
+
+
+def test_verify_cli_reports_parity(tmp_path_factory, capsys):
+  from m2f_jax.convert import verify  # pylint: disable=g-import-not-at-top
+  _, directory, _, _ = _reference("resnet", tmp_path_factory)
+  assert verify.main(["--hf-dir", directory, "--size", "64x96", "--batch", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "aux_masks[1]" in out and "OK tolerance" in out
