@@ -294,6 +294,13 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   state = jax.jit(lambda r: create_train_state(model, tx, r, image_shape),
                   out_shardings=shardings)(rng)
 
+  if config.data.dataset != "synthetic":  # build the tfds dataset once, on process 0
+    from m2f_jax import data  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      data.prepare(config.data)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("m2f_jax data.prepare")
   data_iter = train_data_iterator(config)
   manager = checkpoint_manager(workdir, config.train)
   if manager.latest_step() is not None:
@@ -341,13 +348,14 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       if pending is not None:
         report(*pending)
       pending = (step, metrics)
-      if step % config.train.checkpoint_every == 0 or step == max_steps:
-        save_checkpoint(manager, state, data_iter)
-      if preemption.any_process():
-        report(*pending)
+      preempted = preemption.any_process()
+      if preempted or step % config.train.checkpoint_every == 0 or step == max_steps:
+        report(*pending)  # checks the loss first: a non-finite step is never saved
         pending = None
-        logging.warning("SIGTERM: saving step %d and stopping", step)
-        save_checkpoint(manager, state, data_iter, force=True)
+        if preempted:
+          logging.warning("SIGTERM: saving step %d and stopping", step)
+        save_checkpoint(manager, state, data_iter, force=preempted)
+      if preempted:
         manager.wait_until_finished()
         raise SystemExit(143)
     if pending is not None:
@@ -385,6 +393,11 @@ def load_for_inference(path: str, config: ml_collections.ConfigDict | None = Non
   elif os.path.isdir(os.path.join(path, "state")):
     stored = model_checkpoint.load_config(os.path.dirname(os.path.dirname(path)))
     model, _, abstract_state = abstract_train_state(stored)
+    # Restored replicated on this machine's devices, whatever devices saved the checkpoint
+    # (Orbax refuses a checkpoint of other devices without target shardings).
+    replicated = NamedSharding(make_mesh(), P())
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
     with ocp.StandardCheckpointer() as ckptr:
       state = ckptr.restore(os.path.join(path, "state"), abstract_state)
     variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -8,8 +8,10 @@
   * the ResNet's frozen BatchNorm scale/bias are buffers in the official model: never updated
     (zero learning rate, no decay);
   * full-model gradient-norm clipping (`clip_grad_norm`, CLIP_TYPE full_model) before AdamW;
-  * schedule: `warmup_steps` of linear warm-up, then step decay (x `decay_factor` at each of
-    `decay_steps`) or poly decay (1 - step / max_steps) ** `poly_power`.
+  * schedule: step decay (x `decay_factor` at each of `decay_steps`) or poly decay
+    (1 - step / max_steps) ** `poly_power`, times Detectron2's linear warm-up over
+    `warmup_steps` from `warmup_factor` (optional field, default 1.0 as in every official
+    config: SOLVER.WARMUP_FACTOR 1.0, so the official warm-up leaves the rate unchanged).
 """
 
 import re
@@ -43,12 +45,18 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     if cfg.lr_schedule == "poly":
-      decay = (1.0 - jnp.minimum(step, cfg.max_steps) / cfg.max_steps) ** cfg.poly_power
+      # (max_steps - step) is exact in float32; 1 - step / max_steps loses digits at the end.
+      decay = ((cfg.max_steps - jnp.minimum(step, cfg.max_steps)) / cfg.max_steps) ** cfg.poly_power
     elif cfg.lr_schedule == "step":
       decay = cfg.decay_factor ** sum((step >= s).astype(jnp.float32) for s in cfg.decay_steps)
     else:
       raise ValueError(f"optim.lr_schedule must be 'poly' or 'step', got {cfg.lr_schedule!r}")
-    warmup = jnp.minimum(1.0, (step + 1) / max(cfg.warmup_steps, 1)) if cfg.warmup_steps else 1.0
+    if cfg.warmup_steps:  # Detectron2's linear warm-up: warmup_factor -> 1 over warmup_steps
+      alpha = step / cfg.warmup_steps
+      factor = cfg.get("warmup_factor", 1.0)
+      warmup = jnp.where(step < cfg.warmup_steps, factor * (1.0 - alpha) + alpha, 1.0)
+    else:
+      warmup = 1.0
     return base * decay * warmup
 
   return schedule
