@@ -7,6 +7,8 @@ padding_mode="zeros", align_corners=False)` semantics, used by the deformable at
 the point-sampled losses.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -51,8 +53,11 @@ def bilinear_sample(values: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
     raise ValueError(f"bilinear_sample: points {points.shape} must be [..., P, 2] with the "
                      f"leading dimensions of values {values.shape} ([..., H, W, C]).")
   num_points = points.shape[-2]
-  flat_values = values.reshape(-1, height * width, channels)  # [B, H*W, C]
-  points = points.astype(jnp.float32).reshape(-1, num_points, 2)  # [B, P, 2]
+  num_images = math.prod(batch)
+  # One flat gather over all images (faster than a batched gather on CPU, and its transpose
+  # in the backward pass is one flat scatter-add).
+  flat_values = values.reshape(num_images * height * width, channels)  # [B*H*W, C]
+  points = points.astype(jnp.float32).reshape(num_images, num_points, 2)  # [B, P, 2]
   x = points[..., 0] * width - 0.5
   y = points[..., 1] * height - 0.5
   x0 = jnp.floor(x)
@@ -66,8 +71,9 @@ def bilinear_sample(values: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
   wy = jnp.stack([1.0 - fy, 1.0 - fy, fy, fy], axis=-1)
   inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
   weights = jnp.where(inside, wx * wy, 0.0)  # [B, P, 4]
-  index = jnp.where(inside, ys * width + xs, 0.0).astype(jnp.int32)  # [B, P, 4]
-  corners = jax.vmap(lambda v, i: v[i])(flat_values, index)  # [B, P, 4, C]
+  image_offset = (jnp.arange(num_images, dtype=jnp.int32) * (height * width))[:, None, None]
+  index = jnp.where(inside, ys * width + xs, 0.0).astype(jnp.int32) + image_offset
+  corners = flat_values[index.reshape(-1)].reshape(num_images, num_points, 4, channels)
   out_dtype = values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else jnp.float32
-  out = jnp.sum(corners.astype(weights.dtype) * weights[..., None], axis=-2)  # [B, P, C]
+  out = jnp.einsum("bpkc,bpk->bpc", corners.astype(weights.dtype), weights)  # [B, P, C]
   return out.astype(out_dtype).reshape(*batch, num_points, channels)
