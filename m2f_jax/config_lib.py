@@ -130,8 +130,10 @@ def base_config(*, model: ml_collections.ConfigDict, dataset: str, task: str,
       augmentation=augmentation,   # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
       image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)
       scale_range=(0.1, 2.0),      # LSJ scale jitter
-      min_size_train=ml_collections.FieldReference(None, field_type=int),  # None: from size
-      max_size_train=ml_collections.FieldReference(None, field_type=int),
+      # ADE20K / Cityscapes: shortest-edge choices and cap; None: the official values
+      # derived from image_size ([int(x * 0.1 * S) for x in 5..20], 4 S).
+      min_size_train=None, max_size_train=ml_collections.FieldReference(None, field_type=int),
+      single_category_max_area=1.0,
       worker_count=4, read_threads=1, prefetch=2))
   config.loss = loss_config()
   config.optim = optim_config(max_steps, lr_schedule, decay_steps)

@@ -268,6 +268,9 @@ def train_data_iterator(config: ml_collections.ConfigDict):
       image_size=tuple(d.image_size), pixel_mean=config.model.pixel_mean,
       pixel_std=config.model.pixel_std, ignore_label=d.ignore_label,
       scale_range=tuple(d.scale_range) if d.get("scale_range") else None,
+      augmentation=d.get("augmentation", "synthetic"),
+      min_size_train=d.get("min_size_train"), max_size_train=d.get("max_size_train"),
+      single_category_max_area=d.get("single_category_max_area", 1.0),
       worker_count=d.worker_count, read_threads=d.read_threads, prefetch=d.prefetch)
 
 
