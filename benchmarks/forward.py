@@ -34,7 +34,6 @@ def hf_config(backbone: str):
 
 
 def build_pair(backbone: str, dtype: str, device):
-  import torch  # pylint: disable=g-import-not-at-top
   from transformers import Mask2FormerForUniversalSegmentation  # pylint: disable=g-import-not-at-top
   from m2f_jax.convert import hf  # pylint: disable=g-import-not-at-top
   from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top

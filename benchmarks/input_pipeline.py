@@ -36,7 +36,7 @@ import numpy as np
 import PIL.Image
 
 from m2f_jax.data import pipeline
-from m2f_jax.data import targets as targets_lib
+from m2f_jax.evaluation.panoptic import id2rgb
 from m2f_jax.data import transforms
 
 MEAN = (123.675, 116.28, 103.53)
@@ -49,10 +49,6 @@ CATEGORIES = [(1, 1), (2, 1), (3, 1), (18, 1), (44, 1), (62, 1), (84, 1),
 # ------------------------------------------------------------------------------------------
 # A synthetic COCO panoptic dataset on disk
 # ------------------------------------------------------------------------------------------
-
-
-def _id_to_rgb(ids: np.ndarray) -> np.ndarray:
-  return np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
 
 
 def write_coco_panoptic(root: str, num_images: int, *, height: int = 480, width: int = 640,
@@ -87,7 +83,7 @@ def write_coco_panoptic(root: str, num_images: int, *, height: int = 480, width:
     name = f"{index:012d}"
     PIL.Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
         os.path.join(image_dir, name + ".jpg"), quality=90)
-    PIL.Image.fromarray(_id_to_rgb(ids)).save(os.path.join(panoptic_dir, name + ".png"))
+    PIL.Image.fromarray(id2rgb(ids)).save(os.path.join(panoptic_dir, name + ".png"))
     present = set(np.unique(ids).tolist())
     images.append({"id": index, "file_name": name + ".jpg", "height": height, "width": width})
     annotations.append({"image_id": index, "file_name": name + ".png", "segments_info": [

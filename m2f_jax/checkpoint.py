@@ -63,8 +63,8 @@ def load_model(directory: str):
   from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
   config = load_config(directory)
   model = build_model(config.model)
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3), np.float32)))
+  from m2f_jax.convert import core  # pylint: disable=g-import-not-at-top
+  abstract = core.abstract_variables(model, np.zeros((1, 64, 64, 3), np.float32))
   with ocp.StandardCheckpointer() as ckptr:
     variables = ckptr.restore(os.path.join(os.path.abspath(directory), VARIABLES_DIR), abstract)
   return config, model, variables

@@ -63,6 +63,7 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
                   categories: list[dict]) -> list[str]:
   """Writes the files of one image; returns their paths."""
   from m2f_jax.evaluation import instance as instance_eval  # pylint: disable=g-import-not-at-top
+  from m2f_jax.evaluation import panoptic as panoptic_eval  # pylint: disable=g-import-not-at-top
   names = [c["name"] for c in categories]
   base = os.path.join(output, name)
   written = []
@@ -74,8 +75,7 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
     written.append(base + ".semantic.png")
   elif task == "panoptic":
     ids, segments = result["panoptic_seg"]
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
-    PIL.Image.fromarray(rgb).save(base + ".panoptic.png")
+    PIL.Image.fromarray(panoptic_eval.id2rgb(ids)).save(base + ".panoptic.png")
     info = [{"id": int(s["id"]), "category_id": int(s["category_id"]),
              "isthing": int(bool(s["isthing"])), "area": int((ids == s["id"]).sum()),
              "bbox": _bbox(ids == s["id"])} for s in segments]

@@ -10,6 +10,7 @@ from m2f_jax.data import pipeline
 from m2f_jax.data import synthetic
 from m2f_jax.data import targets
 from m2f_jax.data import transforms
+from m2f_jax.evaluation.panoptic import id2rgb
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -54,7 +55,7 @@ def test_normalize_record_reads_tfds_style_examples():
   info = record["segments_info"]
   example = {
       "image": record["image"],
-      "panoptic": synthetic.id_to_rgb(record["panoptic"]),
+      "panoptic": id2rgb(record["panoptic"]),
       "semantic": record["semantic"][..., None],
       "segments_info": {k: list(v) for k, v in info.items()},
       "image_id": np.int64(2),

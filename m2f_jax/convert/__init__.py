@@ -14,3 +14,6 @@ from m2f_jax.convert.core import state_dict_to_variables
 from m2f_jax.convert.detectron2 import load_detectron2
 from m2f_jax.convert.hf import load_hf
 from m2f_jax.convert.imagenet import load_imagenet_backbone
+
+__all__ = ["ConversionError", "load_detectron2", "load_hf", "load_imagenet_backbone",
+           "state_dict_to_variables"]

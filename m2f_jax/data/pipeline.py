@@ -31,17 +31,12 @@ import grain
 import numpy as np
 
 from m2f_jax.data import targets as targets_lib
+from m2f_jax.evaluation.panoptic import rgb2id
 from m2f_jax.data import transforms
 
 # ------------------------------------------------------------------------------------------
 # Records
 # ------------------------------------------------------------------------------------------
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-  """COCO panoptic PNG colours -> segment ids: id = R + 256 G + 256^2 B, int32 [H, W]."""
-  rgb = np.asarray(rgb, np.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 def normalize_record(example: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,7 +51,7 @@ def normalize_record(example: Mapping[str, Any]) -> dict[str, Any]:
   if "panoptic" in example:
     panoptic = np.asarray(example["panoptic"])
     if panoptic.ndim == 3:  # COCO RGB encoding
-      panoptic = rgb_to_id(panoptic)
+      panoptic = rgb2id(panoptic)
     info = example["segments_info"]
     record["panoptic"] = panoptic.astype(np.int32)
     record["segments_info"] = {

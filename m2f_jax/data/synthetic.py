@@ -22,14 +22,14 @@ Category ids are the contiguous class indices (0..5), so results need no id mapp
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Any
 
 from etils import epath
 import grain
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
+
+from m2f_jax.evaluation.panoptic import id2rgb
 
 # COCO-panoptic-style category list; "id" is also the contiguous class index.
 CATEGORIES = (
@@ -275,18 +275,6 @@ def builder_config(**kwargs) -> SyntheticShapesConfig:
   return config
 
 
-def _png(array: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  PIL.Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-  """COCO panoptic encoding: id = R + 256 G + 256^2 B; int [H, W] -> uint8 [H, W, 3]."""
-  ids = np.asarray(ids, np.int64)
-  return np.stack([(ids >> (8 * c)) & 255 for c in range(3)], axis=-1).astype(np.uint8)
-
-
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
   """Shapes on textured stuff regions, with panoptic and semantic labels."""
 
@@ -304,7 +292,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
         description=__doc__,
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(h, w, 3), encoding_format="png"),
-            # RGB-encoded segment ids as COCO panoptic PNGs (decode with rgb_to_id).
+            # RGB-encoded segment ids as COCO panoptic PNGs (decode with rgb2id).
             "panoptic": tfds.features.Image(shape=(h, w, 3), encoding_format="png"),
             "semantic": tfds.features.Image(shape=(h, w, 1), encoding_format="png"),
             "segments_info": tfds.features.Sequence({
@@ -323,6 +311,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
             "validation": self._generate_examples("validation", config.num_validation)}
 
   def _generate_examples(self, split: str, num_images: int):
+    from m2f_jax.data import builders  # pylint: disable=g-import-not-at-top (imports this module)
     config = self.builder_config
     source = SyntheticSource(num_images, split=split, seed=config.seed,
                              image_size=config.image_size, max_things=config.max_things,
@@ -330,9 +319,9 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     for index in range(num_images):
       record = source[index]
       yield index, {
-          "image": _png(record["image"]),
-          "panoptic": _png(id_to_rgb(record["panoptic"])),
-          "semantic": _png(record["semantic"]),
+          "image": builders.encode_png(record["image"]),
+          "panoptic": builders.encode_png(id2rgb(record["panoptic"])),
+          "semantic": builders.encode_png(record["semantic"]),
           "segments_info": record["segments_info"],
           "image_id": record["image_id"],
       }

@@ -42,8 +42,8 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from m2f_jax.data import pipeline
-from m2f_jax.data import synthetic
+from m2f_jax.evaluation.panoptic import id2rgb
+from m2f_jax.evaluation.panoptic import rgb2id
 
 ON_ERROR = ("fail", "skip")
 IGNORE_LABEL = 255
@@ -146,10 +146,10 @@ def read_panoptic(path: os.PathLike | str) -> tuple[np.ndarray, bytes]:
   if image.mode in ("L", "I", "I;16", "I;16B"):
     ids = np.asarray(image).astype(np.int32)
   else:
-    ids = pipeline.rgb_to_id(np.asarray(image.convert("RGB")))
+    ids = rgb2id(np.asarray(image.convert("RGB")))
     if image.mode == "RGB" and image.format == "PNG":
       return ids, data
-  return ids, encode_png(synthetic.id_to_rgb(ids))
+  return ids, encode_png(id2rgb(ids))
 
 
 def check_size(path, size: tuple[int, ...], image_size: tuple[int, int], what: str) -> None:

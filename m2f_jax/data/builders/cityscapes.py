@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from m2f_jax.data import builders
-from m2f_jax.data import synthetic
+from m2f_jax.evaluation.panoptic import id2rgb
 
 SPLITS = {"train": "train", "validation": "val"}  # split -> Cityscapes folder name
 _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -126,7 +126,7 @@ Nothing is downloaded."""
       return name, {
           "image": image,
           "semantic": builders.encode_png(TRAIN_ID[maps["labelIds"]]),
-          "panoptic": builders.encode_png(synthetic.id_to_rgb(panoptic)),
+          "panoptic": builders.encode_png(id2rgb(panoptic)),
           "segments_info": {"id": segment_ids, "category_id": category, "isthing": isthing,
                             "iscrowd": isthing & (segment_ids < 1000)},
           "image_id": index,
