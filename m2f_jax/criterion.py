@@ -62,6 +62,7 @@ import jax.numpy as jnp
 
 from m2f_jax import matching
 from m2f_jax.ops import bilinear_sample
+from m2f_jax.ops import top_k_indices
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -245,7 +246,7 @@ def mask_losses(*, pred_masks: jnp.ndarray, target_masks: jnp.ndarray,
                             query_index[:, :, None, None], axis=1)[..., None]
   # Detectron2's get_uncertain_point_coords_with_randomness, uncertainty = -|logit|.
   coarse = bilinear_sample(jax.lax.stop_gradient(src), oversampled_points)[..., 0]  # [B,M,Po]
-  _, top = jax.lax.top_k(-jnp.abs(coarse), num_uncertain_points)  # [B, M, k]
+  top = top_k_indices(-jnp.abs(coarse), num_uncertain_points)  # [B, M, k]
   uncertain_points = jnp.take_along_axis(oversampled_points, top[..., None], axis=-2)
   points = jax.lax.stop_gradient(
       jnp.concatenate([uncertain_points, random_points], axis=-2))  # [B, M, P, 2]

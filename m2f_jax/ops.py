@@ -54,8 +54,10 @@ def bilinear_sample(values: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
                      f"leading dimensions of values {values.shape} ([..., H, W, C]).")
   num_points = points.shape[-2]
   num_images = math.prod(batch)
-  # One flat gather over all images (faster than a batched gather on CPU, and its transpose
-  # in the backward pass is one flat scatter-add).
+  # One flat gather per neighbour over all images, each scaled by its weight and summed
+  # elementwise: XLA fuses the four gathers and the sum, so the [P, 4, C] corner values are
+  # never written out (5x faster forward than gathering them and contracting on CPU), and
+  # the backward pass is flat scatter-adds.
   flat_values = values.reshape(num_images * height * width, channels)  # [B*H*W, C]
   points = points.astype(jnp.float32).reshape(num_images, num_points, 2)  # [B, P, 2]
   x = points[..., 0] * width - 0.5
@@ -64,16 +66,61 @@ def bilinear_sample(values: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
   y0 = jnp.floor(y)
   fx = x - x0
   fy = y - y0
-  # The four neighbours, in the order (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
-  xs = x0[..., None] + jnp.array([0.0, 1.0, 0.0, 1.0])  # [B, P, 4]
-  ys = y0[..., None] + jnp.array([0.0, 0.0, 1.0, 1.0])
-  wx = jnp.stack([1.0 - fx, fx, 1.0 - fx, fx], axis=-1)
-  wy = jnp.stack([1.0 - fy, 1.0 - fy, fy, fy], axis=-1)
-  inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
-  weights = jnp.where(inside, wx * wy, 0.0)  # [B, P, 4]
-  image_offset = (jnp.arange(num_images, dtype=jnp.int32) * (height * width))[:, None, None]
-  index = jnp.where(inside, ys * width + xs, 0.0).astype(jnp.int32) + image_offset
-  corners = flat_values[index.reshape(-1)].reshape(num_images, num_points, 4, channels)
+  image_offset = (jnp.arange(num_images, dtype=jnp.int32) * (height * width))[:, None]
+  out = jnp.zeros((num_images, num_points, channels), jnp.float32)
+  for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the four neighbouring pixels
+    xs, ys = x0 + dx, y0 + dy
+    weight = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)  # [B, P]
+    inside = (xs >= 0) & (xs <= width - 1) & (ys >= 0) & (ys <= height - 1)
+    weight = jnp.where(inside, weight, 0.0)
+    index = jnp.where(inside, ys * width + xs, 0.0).astype(jnp.int32) + image_offset
+    out = out + flat_values[index].astype(jnp.float32) * weight[..., None]  # [B, P, C]
   out_dtype = values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else jnp.float32
-  out = jnp.einsum("bpkc,bpk->bpc", corners.astype(weights.dtype), weights)  # [B, P, C]
   return out.astype(out_dtype).reshape(*batch, num_points, channels)
+
+
+def top_k_indices(x: jnp.ndarray, k: int) -> jnp.ndarray:
+  """Indices of the `k` largest entries along the last axis, as a set: `[..., k]` int32.
+
+  The same set as `jax.lax.top_k(x, k)[1]` (ties broken towards lower indices), listed in
+  increasing index order rather than by value, for callers that only need which entries
+  (e.g. the importance sampling of the losses, whose sums do not depend on the order).
+  On CPU it finds the k-th largest value by bisection over the float32 bit patterns (32
+  passes of compare-and-count) and gathers the selected positions with one scatter: 0.17 s
+  instead of XLA:CPU's TopK 0.48 s for [200, 37632], k = 9408 (the COCO loss of one step);
+  elsewhere it is `top_k` followed by a sort of the indices.
+  """
+  n = x.shape[-1]
+  if not 0 <= k <= n:
+    raise ValueError(f"top_k_indices: k={k} must be in [0, {n}] for an input of shape {x.shape}.")
+
+  def native(x):
+    return jnp.sort(jax.lax.top_k(x, k)[1], axis=-1).astype(jnp.int32)
+
+  def bisection(x):
+    # An int32 key with the order of the float32 values (NaN above +inf, as top_k does).
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    key = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+    def halve(_, bounds):  # invariant: count(key >= lo) >= k, the answer is in [lo, hi]
+      lo, hi = bounds
+      mid = (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
+      enough = jnp.sum(key >= mid[..., None], axis=-1) >= k
+      return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+    low = jnp.full(x.shape[:-1], jnp.iinfo(jnp.int32).min, jnp.int32)
+    high = jnp.full(x.shape[:-1], jnp.iinfo(jnp.int32).max, jnp.int32)
+    kth, _ = jax.lax.fori_loop(0, 32, halve, (low, high))  # the k-th largest key
+    above = key > kth[..., None]
+    ties = key == kth[..., None]
+    missing = k - jnp.sum(above, axis=-1, keepdims=True)
+    selected = above | (ties & (jnp.cumsum(ties, axis=-1) <= missing))  # exactly k per row
+    rows = math.prod(x.shape[:-1])
+    slot = (jnp.cumsum(selected, axis=-1) - 1).reshape(rows, n) + (jnp.arange(rows) * k)[:, None]
+    slot = jnp.where(selected.reshape(rows, n), slot, rows * k)  # rows * k: out of range, dropped
+    positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
+    out = jnp.zeros((rows * k,), jnp.int32).at[slot.reshape(-1)].set(positions.reshape(-1),
+                                                                     mode="drop")
+    return out.reshape(*x.shape[:-1], k)
+
+  return jax.lax.platform_dependent(x, cpu=bisection, default=native)

@@ -1,6 +1,6 @@
-"""Bilinear point sampling and multi-scale deformable attention.
+"""Multi-scale deformable attention.
 
-Checked against direct per-point loops (no torch needed), torch's `grid_sample`, transformers'
+Checked against a direct per-point loop (no torch needed), transformers'
 `multi_scale_deformable_attention` and its deformable attention module, values and gradients.
 """
 
@@ -15,35 +15,9 @@ from m2f_jax.convert.core import abstract_variables
 from m2f_jax.convert.core import state_dict_to_variables
 from m2f_jax.models.ms_deform_attn import MSDeformAttn
 from m2f_jax.models.ms_deform_attn import multi_scale_deformable_attention
-from m2f_jax.ops import bilinear_sample
 from tests import reference
 
 SHAPES = ((3, 5), (2, 3), (1, 2))  # (H_l, W_l), non-square, one level a single row
-
-
-def _points(rng, batch, num_points):
-  """Random points in and around [0, 1]^2 plus the borders and pixel-grid lines exactly."""
-  pts = rng.uniform(-0.3, 1.3, size=(batch, num_points, 2)).astype(np.float32)
-  special = np.array([[0, 0], [1, 1], [0, 1], [1, 0], [0.5, 0.5], [0.1, 0.0], [1.0, 0.3],
-                      [-0.05, 0.5], [0.5, 1.05], [0.3, 0.7]], np.float32)
-  pts[:, :len(special)] = special
-  return pts
-
-
-def _direct_bilinear(values, points):
-  """grid_sample(align_corners=False, padding zeros) written out point by point."""
-  batch, height, width, channels = values.shape
-  out = np.zeros((batch, points.shape[1], channels), np.float64)
-  for b in range(batch):
-    for i, (px, py) in enumerate(points[b].astype(np.float64)):
-      x, y = px * width - 0.5, py * height - 0.5
-      x0, y0 = math.floor(x), math.floor(y)
-      for yy in (y0, y0 + 1):
-        for xx in (x0, x0 + 1):
-          if 0 <= xx < width and 0 <= yy < height:
-            weight = (1 - abs(x - xx)) * (1 - abs(y - yy))
-            out[b, i] += weight * values[b, yy, xx]
-  return out
 
 
 def _direct_msda(value, shapes, locations, weights):
@@ -83,61 +57,6 @@ def _msda_inputs(seed, batch=2, num_queries=5, num_heads=2, head_dim=3, num_poin
 
 
 _msda = jax.jit(multi_scale_deformable_attention, static_argnums=1)
-
-
-# ----------------------------------------------------------------------------- bilinear_sample
-
-
-def test_bilinear_sample_matches_direct_loop():
-  rng = np.random.default_rng(0)
-  values = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
-  points = _points(rng, 2, 40)
-  got = np.asarray(bilinear_sample(jnp.asarray(values), jnp.asarray(points)))
-  np.testing.assert_allclose(got, _direct_bilinear(values, points), atol=1e-5)
-
-
-def test_bilinear_sample_leading_dims_and_dtype():
-  rng = np.random.default_rng(1)
-  values = rng.normal(size=(2, 3, 4, 5, 2)).astype(np.float32)
-  points = rng.uniform(0, 1, size=(2, 3, 7, 2)).astype(np.float32)
-  got = bilinear_sample(jnp.asarray(values), jnp.asarray(points))
-  assert got.shape == (2, 3, 7, 2)
-  flat = bilinear_sample(jnp.asarray(values.reshape(6, 4, 5, 2)),
-                         jnp.asarray(points.reshape(6, 7, 2)))
-  np.testing.assert_allclose(np.asarray(got).reshape(6, 7, 2), np.asarray(flat), atol=1e-6)
-  low = bilinear_sample(jnp.asarray(values, jnp.bfloat16), jnp.asarray(points))
-  assert low.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(low, np.float32), np.asarray(got), atol=5e-2)
-  with pytest.raises(ValueError, match="leading dimensions"):
-    bilinear_sample(jnp.asarray(values), jnp.asarray(points[:1]))
-
-
-def test_bilinear_sample_matches_grid_sample_values_and_gradients():
-  torch = reference.require_reference()
-  rng = np.random.default_rng(2)
-  values = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
-  points = _points(rng, 2, 60)
-  cotangent = rng.normal(size=(2, 60, 3)).astype(np.float32)
-
-  def loss(v, p):
-    return jnp.sum(bilinear_sample(v, p) * cotangent)
-
-  got = np.asarray(bilinear_sample(jnp.asarray(values), jnp.asarray(points)))
-  grad_v, grad_p = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(values), jnp.asarray(points))
-
-  with torch.enable_grad():
-    tv = torch.tensor(reference.nhwc_to_nchw(values), requires_grad=True)
-    tp = torch.tensor(points, requires_grad=True)
-    out = torch.nn.functional.grid_sample(tv, 2 * tp[:, :, None] - 1, mode="bilinear",
-                                          padding_mode="zeros", align_corners=False)
-    want = out[..., 0].permute(0, 2, 1)  # [B, P, C]
-    (want * torch.tensor(cotangent)).sum().backward()
-  np.testing.assert_allclose(got, reference.to_numpy(want), atol=1e-5)
-  want_grad_v = reference.nchw_to_nhwc(reference.to_numpy(tv.grad))
-  np.testing.assert_allclose(np.asarray(grad_v), want_grad_v, atol=1e-5)
-  # Also on the pixel-grid lines and borders: both sides take the corner at floor(x).
-  np.testing.assert_allclose(np.asarray(grad_p), reference.to_numpy(tp.grad), atol=1e-4)
-  assert np.all(np.isfinite(np.asarray(grad_p)))
 
 
 # ------------------------------------------------------------------------- deformable attention

@@ -24,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from m2f_jax.models.conv import Conv
 from m2f_jax.models.ms_deform_attn import MSDeformAttn
 from m2f_jax.models.ms_deform_attn import SpatialShapes
 from m2f_jax.models.position_encoding import sine_position_embedding
@@ -179,8 +180,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         raise ValueError(f"MSDeformAttnPixelDecoder: features[{key!r}] has shape {x.shape}; "
                          f"expected [B={batch}, h, w, channels] (NHWC).")
       _, height, width, _ = x.shape
-      x = nn.Conv(c, (1, 1), dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                  name=f"input_projections_{level}_0")(x)
+      x = Conv(c, 1, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+               name=f"input_projections_{level}_0")(x)
       x = self._group_norm(f"input_projections_{level}_1")(x)  # [B, h, w, C]
       sources.append(x.reshape(batch, height * width, c))
       pos = sine_position_embedding(height, width, c // 2)  # [h, w, C]
@@ -206,15 +207,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
     for idx in reversed(range(num_fpn_levels)):
       x = features[fpn_features[idx]]
       _, height, width, _ = x.shape
-      lateral = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=_c2_xavier_fill,
-                        name=f"adapter_{idx + 1}_0")(x)
+      lateral = Conv(c, 1, use_bias=False, dtype=self.dtype, kernel_init=_c2_xavier_fill,
+                     name=f"adapter_{idx + 1}_0")(x)
       lateral = self._group_norm(f"adapter_{idx + 1}_1")(lateral)  # [B, h, w, C]
       y = lateral + resize_bilinear(outputs[-1], height, width, spatial_axes=(1, 2))
-      y = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                  kernel_init=_c2_xavier_fill, name=f"layer_{idx + 1}_0")(y)
+      y = Conv(c, 3, padding=1, use_bias=False, dtype=self.dtype, kernel_init=_c2_xavier_fill,
+               name=f"layer_{idx + 1}_0")(y)
       y = nn.relu(self._group_norm(f"layer_{idx + 1}_1")(y))  # [B, h, w, C]
       outputs.append(y)
 
-    mask_features = nn.Conv(self.mask_feature_size, (1, 1), dtype=self.dtype,
-                            kernel_init=_c2_xavier_fill, name="mask_projection")(outputs[-1])
+    mask_features = Conv(self.mask_feature_size, 1, dtype=self.dtype,
+                         kernel_init=_c2_xavier_fill, name="mask_projection")(outputs[-1])
     return mask_features, outputs[:len(ENCODER_FEATURES)]

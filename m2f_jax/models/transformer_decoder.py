@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m2f_jax.models.conv import Conv
 from m2f_jax.models.position_encoding import sine_position_embedding
 from m2f_jax.ops import resize_bilinear
 
@@ -368,8 +369,7 @@ class TransformerModule(nn.Module):
       memory_pos.append(sine_position_embedding(h, w, c // 2).reshape(h * w, c))  # [S, C]
       x = features.astype(self.dtype)
       if project:
-        x = nn.Conv(c, (1, 1), dtype=self.dtype, kernel_init=_xavier,
-                    name=f"input_projections_{i}")(x)
+        x = Conv(c, 1, dtype=self.dtype, kernel_init=_xavier, name=f"input_projections_{i}")(x)
       x = x + level_embed[i].astype(self.dtype)
       memories.append(x.reshape(batch, h * w, c))  # [B, S, C]
 

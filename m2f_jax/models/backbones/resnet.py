@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m2f_jax.models.conv import Conv
+
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -98,9 +100,8 @@ class ConvNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k, p = self.kernel_size, self.kernel_size // 2
-    x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride),
-                padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype,
-                kernel_init=_conv_init, name="convolution")(x)
+    x = Conv(self.features, k, stride=self.stride, padding=p, use_bias=False,
+             dtype=self.dtype, kernel_init=_conv_init, name="convolution")(x)
     x = FrozenBatchNorm(dtype=self.dtype, name="normalization")(x)
     return _activation(self.activation)(x)
 

@@ -31,6 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m2f_jax.models.conv import Conv
+
+
 # Both references initialize linear layers and the bias tables with trunc_normal(std=0.02).
 _INIT = nn.initializers.truncated_normal(stddev=0.02)
 # Additive attention mask between tokens of different regions of a shifted window, as both
@@ -346,8 +349,8 @@ class SwinPatchEmbeddings(nn.Module):
     _, h, w, _ = images.shape
     p = self.patch_size
     images = jnp.pad(images, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
-    return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                   name="projection")(images)  # [B, H/p, W/p, C]
+    return Conv(self.embed_dim, p, stride=p, dtype=self.dtype, name="projection")(
+        images)  # [B, H/p, W/p, C]
 
 
 class SwinEmbeddings(nn.Module):

@@ -1,0 +1,134 @@
+"""2-d convolution (NHWC, HWIO kernels) for every convolution of the model.
+
+`Conv` is a drop-in for the `flax.linen.Conv` uses of this package (same variable names and
+shapes: `kernel` [kh, kw, C_in, C_out], `bias` [C_out]; symmetric zero padding as torch's
+`Conv2d(padding=p)`), so checkpoints and the weight-import tables are unaffected. What
+differs is how the convolution is expressed, chosen by shape:
+
+  * 1x1 kernels (most of a ResNet, every projection): a strided slice and one matmul over
+    channels. Measured on XLA:CPU (2 cores, [2, 128, 128, 256] -> 256): forward 2x and
+    forward + backward 2.7x faster than the equivalent `lax.conv_general_dilated`, whose
+    backward transposes the activations to a channels-first layout; on GPU / TPU a 1x1
+    convolution is the same matmul.
+  * non-overlapping patches (kernel = stride, no padding: Swin's patch embedding): a reshape
+    into patches and one matmul.
+  * other kernels: `lax.conv_general_dilated` forward and input gradient; the kernel gradient
+    is, on CPU, one matmul per kernel tap (the input slice under that tap against the output
+    gradient) instead of XLA:CPU's filter-gradient convolution ([2, 128, 128, 256] 3x3 ->
+    256: forward + backward 0.93 s -> 0.54 s); on other platforms XLA's own. The choice is
+    made when the step is lowered (`jax.lax.platform_dependent`), not from the default backend.
+
+All three compute the same function as `lax.conv_general_dilated` up to float rounding.
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                      dimension_numbers=_DIMENSIONS)
+
+
+def _tap_inputs(x: jax.Array, kernel_shape, stride: int, padding: int, out_hw):
+  """The input slice under each kernel tap (row-major over (kh, kw)): [B, Ho, Wo, C] each."""
+  kh, kw = kernel_shape[:2]
+  out_h, out_w = out_hw
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  return [xp[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+          for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _spatial_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  return _xla_conv(x, kernel, stride, padding)
+
+
+def _spatial_conv_fwd(x, kernel, stride, padding):
+  return _xla_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _spatial_conv_bwd(stride, padding, residuals, grad):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride, padding), x)
+  (dx,) = input_vjp(grad)
+
+  def per_tap_matmuls(x, grad):  # [B, Ho, Wo, C_in] x [B, Ho, Wo, C_out] per tap
+    taps = _tap_inputs(x, kernel.shape, stride, padding, grad.shape[1:3])
+    dk = jnp.stack([jnp.einsum("BHWC,BHWD->CD", tap, grad, preferred_element_type=jnp.float32)
+                    for tap in taps])
+    return dk.reshape(kernel.shape).astype(kernel.dtype)
+
+  def xla_filter_gradient(x, grad):
+    _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k, stride, padding), kernel)
+    return kernel_vjp(grad)[0]
+
+  dk = jax.lax.platform_dependent(x, grad, cpu=per_tap_matmuls, default=xla_filter_gradient)
+  return dx, dk
+
+
+_spatial_conv.defvjp(_spatial_conv_fwd, _spatial_conv_bwd)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
+  """`torch.nn.functional.conv2d(x, kernel, stride=stride, padding=padding)` in NHWC / HWIO.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [kh, kw, C_in, C_out], same dtype as `x`.
+    stride: the same along both axes.
+    padding: zeros added on every side.
+
+  Returns:
+    [B, Ho, Wo, C_out] with Ho = (H + 2 * padding - kh) // stride + 1 (likewise Wo).
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  batch, height, width, channels = x.shape
+  if channels != c_in:
+    raise ValueError(f"conv2d: input {x.shape} has {channels} channels, kernel {kernel.shape} "
+                     f"expects {c_in} ([kh, kw, C_in, C_out]).")
+  if kh == kw == 1 and padding == 0:
+    return jnp.einsum("BHWC,CD->BHWD", x[:, ::stride, ::stride], kernel[0, 0])
+  if kh == kw == stride and padding == 0 and height % kh == 0 and width % kw == 0:
+    patches = x.reshape(batch, height // kh, kh, width // kw, kw, channels)
+    return jnp.einsum("BHiWjC,ijCD->BHWD", patches, kernel)
+  return _spatial_conv(x, kernel, stride, padding)
+
+
+class Conv(nn.Module):
+  """A square convolution with symmetric zero padding (torch `nn.Conv2d`), NHWC.
+
+  Attributes:
+    features: C_out.
+    kernel_size: k (the kernel is k x k).
+    stride: the same along both axes.
+    padding: zeros on every side (torch's `padding`); 0 is "VALID".
+    use_bias: add a learned bias.
+    dtype: computation dtype (parameters stay float32).
+    kernel_init, bias_init: initializers of `kernel` [k, k, C_in, C_out] and `bias` [C_out].
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    y = conv2d(x, kernel, stride=self.stride, padding=self.padding)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
