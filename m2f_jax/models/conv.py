@@ -9,12 +9,12 @@ differs is how the convolution is expressed, chosen by shape:
     channels. Measured on XLA:CPU (2 cores, [2, 128, 128, 256] -> 256): forward 2x and
     forward + backward 2.7x faster than the equivalent `lax.conv_general_dilated`, whose
     backward transposes the activations to a channels-first layout; on GPU / TPU a 1x1
-    convolution is the same matmul.
+    convolution is the same matmul. The kernel gradient is oriented by hand (below).
   * non-overlapping patches (kernel = stride, no padding: Swin's patch embedding): a reshape
     into patches and one matmul.
   * other kernels: `lax.conv_general_dilated` forward and input gradient; the kernel gradient
-    is, on CPU, one matmul per kernel tap (the input slice under that tap against the output
-    gradient) instead of XLA:CPU's filter-gradient convolution ([2, 128, 128, 256] 3x3 ->
+    is, on CPU, one matmul per kernel tap (the output gradient against the input slice under
+    that tap) instead of XLA:CPU's filter-gradient convolution ([2, 128, 128, 256] 3x3 ->
     256: forward + backward 0.93 s -> 0.54 s); on other platforms XLA's own. The choice is
     made when the step is lowered (`jax.lax.platform_dependent`), not from the default backend.
 
@@ -61,9 +61,11 @@ def _spatial_conv_bwd(stride, padding, residuals, grad):
 
   def per_tap_matmuls(x, grad):  # [B, Ho, Wo, C_in] x [B, Ho, Wo, C_out] per tap
     taps = _tap_inputs(x, kernel.shape, stride, padding, grad.shape[1:3])
-    dk = jnp.stack([jnp.einsum("BHWC,BHWD->CD", tap, grad, preferred_element_type=jnp.float32)
-                    for tap in taps])
-    return dk.reshape(kernel.shape).astype(kernel.dtype)
+    # [C_out, C_in] per tap: XLA:CPU then transposes the output gradient once for all taps
+    # instead of each input slice.
+    dk = jnp.stack([jnp.einsum("BHWD,BHWC->DC", grad, tap, preferred_element_type=jnp.float32)
+                    for tap in taps])  # [kh * kw, C_out, C_in]
+    return dk.transpose(0, 2, 1).reshape(kernel.shape).astype(kernel.dtype)
 
   def xla_filter_gradient(x, grad):
     _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k, stride, padding), kernel)
@@ -74,6 +76,33 @@ def _spatial_conv_bwd(stride, padding, residuals, grad):
 
 
 _spatial_conv.defvjp(_spatial_conv_fwd, _spatial_conv_bwd)
+
+
+# A 1x1 convolution is a matmul over channels; its kernel gradient contracts over every
+# pixel, and XLA:CPU transposes one operand for it. The hand-written gradient picks the
+# orientation whose output has the fewer rows (e.g. [64, 256] rather than [256, 64]), which
+# measured 7% faster on the whole R50 train step on CPU; the values are the same.
+@jax.custom_vjp
+def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jnp.einsum("BHWC,CD->BHWD", x, kernel[0, 0])
+
+
+def _pointwise_fwd(x, kernel):
+  return _pointwise(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, grad):
+  x, kernel = residuals
+  c_in, c_out = kernel.shape[2:]
+  dx = jnp.einsum("BHWD,CD->BHWC", grad, kernel[0, 0])
+  if c_in <= c_out:
+    dk = jnp.einsum("BHWC,BHWD->CD", x, grad, preferred_element_type=jnp.float32)
+  else:
+    dk = jnp.einsum("BHWD,BHWC->DC", grad, x, preferred_element_type=jnp.float32).T
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
@@ -94,7 +123,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0
     raise ValueError(f"conv2d: input {x.shape} has {channels} channels, kernel {kernel.shape} "
                      f"expects {c_in} ([kh, kw, C_in, C_out]).")
   if kh == kw == 1 and padding == 0:
-    return jnp.einsum("BHWC,CD->BHWD", x[:, ::stride, ::stride], kernel[0, 0])
+    return _pointwise(x[:, ::stride, ::stride], kernel)
   if kh == kw == stride and padding == 0 and height % kh == 0 and width % kw == 0:
     patches = x.reshape(batch, height // kh, kh, width // kw, kw, channels)
     return jnp.einsum("BHiWjC,ijCD->BHWD", patches, kernel)
