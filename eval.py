@@ -14,6 +14,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from m2f_jax import host_malloc
+
 config_flags.DEFINE_config_file("config", None, "Config file[:arg]; default: the one stored "
                                 "with the checkpoint.", lock_config=False)
 flags.DEFINE_string("checkpoint", None, "Model or training-checkpoint directory.", required=True)
@@ -39,4 +41,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_malloc.restart_with_cpu_malloc_settings()  # CPU runs: see m2f_jax/host_malloc.py
   app.run(main)

@@ -16,6 +16,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from m2f_jax import host_malloc
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 config_flags.DEFINE_config_file("config", os.path.join(_HERE, "configs", "tiny.py"),
                                 "Config file[:arg] (see configs/).", lock_config=True)
@@ -45,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_malloc.restart_with_cpu_malloc_settings()  # CPU runs: see m2f_jax/host_malloc.py
   app.run(main)  # parses the flags, as grain's worker processes require

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m2f_jax import host_malloc
+
 
 def hf_config(backbone: str):
   from transformers import Mask2FormerConfig, ResNetConfig, SwinConfig  # pylint: disable=g-import-not-at-top
@@ -86,13 +88,18 @@ def main():
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--runs", type=int, default=5)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--malloc", default="cpu", choices=("cpu", "default"),
+                      help="cpu: the glibc settings train.py uses on CPU, for both frameworks "
+                      "(m2f_jax/host_malloc.py); default: glibc's defaults")
   args = parser.parse_args()
+  if args.malloc == "cpu":
+    host_malloc.restart_with_cpu_malloc_settings()
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_grad_enabled(False)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
         f"torch {torch.__version__} on {device}; {args.dtype}; {args.size}x{args.size}; "
-        f"median of {args.runs} alternating runs")
+        f"median of {args.runs} alternating runs; malloc: {host_malloc.describe()}")
   print(f"{'model':8} {'batch':>5} {'torch s':>9} {'jax s':>9} {'speed-up':>9} {'jax img/s':>10} "
         f"{'compile s':>10}")
   for backbone in args.backbones.split(","):

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m2f_jax import host_malloc
+
 
 def hf_config(num_points: int):
   from transformers import Mask2FormerConfig, ResNetConfig  # pylint: disable=g-import-not-at-top
@@ -147,9 +149,14 @@ def main():
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--malloc", default="cpu", choices=("cpu", "default"),
+                      help="cpu: the glibc settings train.py uses on CPU, for both frameworks "
+                      "(m2f_jax/host_malloc.py); default: glibc's defaults")
   parser.add_argument("--num_points", type=int, default=12544, help="official: 112 * 112")
   parser.add_argument("--targets", type=int, default=10, help="target masks per image")
   args = parser.parse_args()
+  if args.malloc == "cpu":
+    host_malloc.restart_with_cpu_malloc_settings()
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import Mask2FormerForUniversalSegmentation  # pylint: disable=g-import-not-at-top
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -162,7 +169,8 @@ def main():
   print(f"jax {jax.__version__} on {jax_device.platform} ({jax_device.device_kind}); "
         f"torch {torch.__version__} on {device}; {args.dtype}; R50 COCO panoptic (133 classes, "
         f"100 queries, 10 decoder layers); {args.num_points} points; {args.targets} targets "
-        f"per image; median of {args.runs} alternating runs after 1 warm-up")
+        f"per image; median of {args.runs} alternating runs after 1 warm-up; malloc: "
+        f"{host_malloc.describe()}")
   losses = (torch_step(), jax_step())  # warm-up
   t_torch, t_jax = [], []
   for _ in range(args.runs):
