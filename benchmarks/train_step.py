@@ -10,8 +10,12 @@ optimizer, PyTorch runs `Mask2FormerForUniversalSegmentation` with its own `Mask
 weights (the PyTorch ones, imported) and train on the same images and targets (random
 rectangles, `--targets` per image). The backbone's BatchNorm layers are frozen on the
 PyTorch side (eval mode, no gradient), as the official FrozenBatchNorm2d and as here.
-After warm-up (and compilation for JAX) the two are timed in alternation; the medians and
-their ratio (PyTorch time / JAX time: > 1 means JAX is faster) are printed.
+After warm-up (and compilation for JAX) the two are timed in alternation, `--pause` seconds
+apart (on the 2-core CPU, JAX timed right after PyTorch's step measured 6.1-14 s, with a
+1 s pause 6.2-6.4 s: the two frameworks' worker threads interfere); the medians and their
+ratio (PyTorch time / JAX time: > 1 means JAX is faster) are printed. On Linux both run with the glibc
+malloc settings train.py uses on CPU (m2f_jax/host_malloc.py); `--malloc default` keeps
+glibc's defaults, under which both frameworks page-fault their activations every step.
 
   python benchmarks/train_step.py                                    # CPU: batch 2, 512x512
   python benchmarks/train_step.py --batch 8 --size 1024 --runs 10 --dtype bfloat16   # GPU
@@ -149,6 +153,9 @@ def main():
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--pause", type=float, default=1.0,
+                      help="seconds between timed steps, so that one framework's worker threads "
+                      "have gone idle before the other's step is timed")
   parser.add_argument("--malloc", default="cpu", choices=("cpu", "default"),
                       help="cpu: the glibc settings train.py uses on CPU, for both frameworks "
                       "(m2f_jax/host_malloc.py); default: glibc's defaults")
@@ -169,12 +176,15 @@ def main():
   print(f"jax {jax.__version__} on {jax_device.platform} ({jax_device.device_kind}); "
         f"torch {torch.__version__} on {device}; {args.dtype}; R50 COCO panoptic (133 classes, "
         f"100 queries, 10 decoder layers); {args.num_points} points; {args.targets} targets "
-        f"per image; median of {args.runs} alternating runs after 1 warm-up; malloc: "
+        f"per image; median of {args.runs} alternating runs after 1 warm-up, "
+        f"{args.pause:g} s apart; malloc: "
         f"{host_malloc.describe()}")
   losses = (torch_step(), jax_step())  # warm-up
   t_torch, t_jax = [], []
   for _ in range(args.runs):
+    time.sleep(args.pause)
     t0 = time.perf_counter(); torch_step(); t_torch.append(time.perf_counter() - t0)
+    time.sleep(args.pause)
     t0 = time.perf_counter(); jax_step(); t_jax.append(time.perf_counter() - t0)
   m_torch, m_jax = statistics.median(t_torch), statistics.median(t_jax)
   print(f"first loss: torch {losses[0]:.2f}, jax {losses[1]:.2f}")
