@@ -153,6 +153,7 @@ def main():
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
   parser.add_argument("--pause", type=float, default=1.0,
                       help="seconds between timed steps, so that one framework's worker threads "
                       "have gone idle before the other's step is timed")
@@ -176,10 +177,12 @@ def main():
   print(f"jax {jax.__version__} on {jax_device.platform} ({jax_device.device_kind}); "
         f"torch {torch.__version__} on {device}; {args.dtype}; R50 COCO panoptic (133 classes, "
         f"100 queries, 10 decoder layers); {args.num_points} points; {args.targets} targets "
-        f"per image; median of {args.runs} alternating runs after 1 warm-up, "
+        f"per image; median of {args.runs} alternating runs after {args.warmup} warm-up, "
         f"{args.pause:g} s apart; malloc: "
         f"{host_malloc.describe()}")
   losses = (torch_step(), jax_step())  # warm-up
+  for _ in range(args.warmup - 1):
+    torch_step(), jax_step()
   t_torch, t_jax = [], []
   for _ in range(args.runs):
     time.sleep(args.pause)
@@ -188,6 +191,8 @@ def main():
     t0 = time.perf_counter(); jax_step(); t_jax.append(time.perf_counter() - t0)
   m_torch, m_jax = statistics.median(t_torch), statistics.median(t_jax)
   print(f"first loss: torch {losses[0]:.2f}, jax {losses[1]:.2f}")
+  print("runs (s): torch " + " ".join(f"{t:.2f}" for t in t_torch)
+        + " | jax " + " ".join(f"{t:.2f}" for t in t_jax))
   print(f"{'batch':>5} {'size':>5} {'torch s':>9} {'jax s':>9} {'speed-up':>9} "
         f"{'torch img/s':>12} {'jax img/s':>10} {'compile s':>10}")
   print(f"{args.batch:5d} {args.size:5d} {m_torch:9.3f} {m_jax:9.3f} {m_torch / m_jax:8.2f}x "
