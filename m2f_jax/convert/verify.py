@@ -36,8 +36,12 @@ def _preset(name: str, num_labels: int, num_queries: int):
                            num_queries=num_queries)
 
 
-def compare(hf_dir: str, *, batch: int, height: int, width: int, seed: int = 0) -> dict:
-  """Max abs differences {output name: value} between transformers and m2f_jax."""
+def run_both(hf_dir: str, *, batch: int, height: int, width: int, seed: int = 0):
+  """transformers' and m2f_jax's outputs (with every aux stage) on the same random images.
+
+  Returns (the transformers output, the m2f_jax output dict); each model is loaded and run
+  once, for both `differences` and `attention_mask_flips`.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import Mask2FormerForUniversalSegmentation  # pylint: disable=g-import-not-at-top
   from m2f_jax import convert  # pylint: disable=g-import-not-at-top
@@ -46,7 +50,11 @@ def compare(hf_dir: str, *, batch: int, height: int, width: int, seed: int = 0) 
   images = np.random.RandomState(seed).randn(batch, height, width, 3).astype(np.float32)
   with torch.no_grad():
     out = ref(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), output_auxiliary_logits=True)
-  got = jax.jit(model.apply)(variables, images)
+  return out, jax.jit(model.apply)(variables, images)
+
+
+def differences(out, got) -> dict:
+  """Max abs differences {output name: value} between the two outputs of `run_both`."""
   diffs = {}
   for i, aux in enumerate(out.auxiliary_logits):
     diffs[f"aux_logits[{i}]"] = np.abs(got["aux_logits"][i] - aux["class_queries_logits"].numpy()).max()
@@ -56,25 +64,16 @@ def compare(hf_dir: str, *, batch: int, height: int, width: int, seed: int = 0) 
   return {k: float(v) for k, v in diffs.items()}
 
 
-def attention_mask_flips(hf_dir: str, *, batch: int, height: int, width: int,
-                         seed: int = 0) -> list[int]:
+def attention_mask_flips(out, got, *, height: int, width: int) -> list[int]:
   """Per decoder layer, how many attention-mask entries the two models decide differently.
 
-  Layer i masks its cross-attention with `sigmoid(mask logits of stage i) < 0.5` at the
-  size of level i % 3. A logit within float rounding of 0 can fall on either side, and from
-  then on the two models attend to different positions: a discontinuity of the network,
-  not an import error.
+  `out`, `got`: the outputs of `run_both` for images of `height` x `width`. Layer i masks
+  its cross-attention with `sigmoid(mask logits of stage i) < 0.5` at the size of level
+  i % 3. A logit within float rounding of 0 can fall on either side, and from then on the
+  two models attend to different positions: a discontinuity of the network, not an import
+  error.
   """
-  import torch  # pylint: disable=g-import-not-at-top
-  from transformers import Mask2FormerForUniversalSegmentation  # pylint: disable=g-import-not-at-top
-  from m2f_jax import convert  # pylint: disable=g-import-not-at-top
   from m2f_jax.models.transformer_decoder import attention_mask  # pylint: disable=g-import-not-at-top
-  ref = Mask2FormerForUniversalSegmentation.from_pretrained(hf_dir).eval()
-  model, variables = convert.load_hf(hf_dir)
-  images = np.random.RandomState(seed).randn(batch, height, width, 3).astype(np.float32)
-  with torch.no_grad():
-    out = ref(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), output_auxiliary_logits=True)
-  got = jax.jit(model.apply)(variables, images)
   sizes = [(height // s, width // s) for s in (32, 16, 8)]
   flips = []
   for i, aux in enumerate(out.auxiliary_logits):
@@ -113,7 +112,8 @@ def main(argv=None) -> int:
             t.copy_(t.abs() + 0.5 + noise.abs()) if name.endswith("running_var") else t.add_(noise)
       ref.save_pretrained(tmp)
       hf_dir = tmp
-    diffs = compare(hf_dir, batch=args.batch, height=height, width=width)
+    out, got = run_both(hf_dir, batch=args.batch, height=height, width=width)
+    diffs = differences(out, got)
     worst = max(diffs.values())
     for k, v in diffs.items():
       print(f"{k:16} {v:.2e}")
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
           f"tolerance {args.tolerance:g})")
     if worst <= args.tolerance:
       return 0
-    flips = attention_mask_flips(hf_dir, batch=args.batch, height=height, width=width)
+    flips = attention_mask_flips(out, got, height=height, width=width)
     first = next((i for i, n in enumerate(flips) if n), None)
     if first is None:
       return 1
