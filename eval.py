@@ -25,11 +25,11 @@ flags.DEFINE_integer("max_images", None, "Evaluate only the first N validation i
 
 def main(argv):
   del argv
+  from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   try:
-    config, model, variables = loop.load_for_inference(f.checkpoint, f.config)
+    config, model, variables = checkpoint.load_for_inference(f.checkpoint, f.config)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from None
   workdir = os.path.abspath(f.workdir or f.checkpoint)

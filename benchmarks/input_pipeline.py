@@ -4,7 +4,7 @@ A synthetic COCO-panoptic-format dataset is written to a temporary folder (JPEG 
 640x480 like COCO's, RGB-encoded panoptic PNGs, the JSON with segments_info and
 categories; about 12 segments per image, things and stuff) and read as training would: by
 default through the project's tfds builder (`data.dataset="coco_format"`:
-`m2f_jax.data.prepare` then `data_source`), or with `--source files` through a plain
+`m2f_jax.data.prepare_dataset` then `data_source`), or with `--source files` through a plain
 random-access source that decodes the JPEG / PNG files on every read. Batches come from
 `pipeline.train_iterator(augmentation="coco_lsj")`: RandomFlip, ResizeScale(0.1, 2.0),
 FixedSizeCrop(1024) with padding, panoptic targets padded to `--num_targets` masks
@@ -36,7 +36,7 @@ import numpy as np
 import PIL.Image
 
 from m2f_jax.data import pipeline
-from m2f_jax.evaluation.panoptic import id2rgb
+from m2f_jax.data.panoptic_png import id2rgb
 from m2f_jax.data import transforms
 
 MEAN = (123.675, 116.28, 103.53)
@@ -132,7 +132,7 @@ def make_source(kind: str, files: dict[str, str], data_dir: str):
     data_cfg = ml_collections.ConfigDict(dict(
         dataset="coco_format", dataset_name="bench", data_dir=data_dir, on_error="fail",
         prepare_workers=2, **files))
-    data.prepare(data_cfg)
+    data.prepare_dataset(data_cfg)
     return data.data_source(data_cfg, "train")
   return CocoPanopticFiles(**files)
 

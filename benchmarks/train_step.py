@@ -4,7 +4,7 @@ One training step = forward, the Mask2Former loss (Hungarian matching on sampled
 class / mask / dice losses of every decoder stage), backward, full-model gradient clipping at
 0.01 and AdamW with the official parameter groups (backbone lr x0.1, no decay on norms and
 embeddings). The model is the official COCO panoptic R50 (133 classes, 100 queries, 10
-decoder layers); JAX runs `m2f_jax.training.loop.make_train_step` with the official COCO
+decoder layers); JAX runs `m2f_jax.training.train_step.make_train_step` with the official COCO
 optimizer, PyTorch runs `Mask2FormerForUniversalSegmentation` with its own `Mask2FormerLoss`
 (same `--num_points`), `clip_grad_norm_` and `torch.optim.AdamW`. Both start from the same
 weights (the PyTorch ones, imported) and train on the same images and targets (random
@@ -115,7 +115,7 @@ def build_jax_step(ref, images, masks, labels, dtype: str, num_points: int):
   from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
   from m2f_jax.convert import hf  # pylint: disable=g-import-not-at-top
   from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from m2f_jax.training import train_step  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import optimizer as optim_lib  # pylint: disable=g-import-not-at-top
   model_cfg = hf.hf_config_to_model_config(ref.config.to_dict())
   model_cfg.dtype = dtype
@@ -127,13 +127,13 @@ def build_jax_step(ref, images, masks, labels, dtype: str, num_points: int):
   state_dict = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
   variables = hf.hf_variables(model, state_dict, source="reference")
   tx = optim_lib.make_optimizer(config.optim, variables["params"])
-  state = jax.device_put(loop.TrainState(
+  state = jax.device_put(train_step.TrainState(
       step=jnp.zeros((), jnp.int32), params=variables["params"],
       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
       rng=jax.random.PRNGKey(0)))
   batch = jax.device_put({"images": images, "masks": masks, "labels": labels,
                           "valid": np.ones(labels.shape, bool)})
-  step_fn = jax.jit(loop.make_train_step(model, tx, config), donate_argnums=0)
+  step_fn = jax.jit(train_step.make_train_step(model, tx, config), donate_argnums=0)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0

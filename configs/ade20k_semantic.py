@@ -3,9 +3,8 @@ r"""ADE20K SceneParsing semantic segmentation (150 classes), 160k iterations, po
 r50 trains on 512x512 crops; swin_l (IN21k, 384) on 640x640 crops as the official res640 config.
 
   # once: build the tfds dataset from your local copy (nothing is downloaded)
-  python -c "from configs import ade20k_semantic as c; from m2f_jax import data; \
-      d = c.get_config().data; d.update(source_dir='/data/ade20k', data_dir='/data/tfds'); \
-      data.prepare(d)"
+  python -m m2f_jax.data.prepare --config configs/ade20k_semantic.py \
+      --config.data.source_dir=/data/ade20k --config.data.data_dir=/data/tfds
   python train.py --config configs/ade20k_semantic.py:swin_l --workdir /tmp/m2f_ade_swin_l \
       --config.data.data_dir=/data/tfds
 """
@@ -20,6 +19,4 @@ def get_config(arg: str = "r50"):
   size = 640 if arg == "swin_l" else 512
   config.data.image_size = (size, size)  # the crop
   config.eval.update(min_size=size, max_size=4 * size)
-  config.data.update(  # m2f_jax/data/__init__.py documents these
-      data_dir="", source_dir="", on_error="fail", prepare_workers=8)
   return config

@@ -1,9 +1,8 @@
 r"""Cityscapes gtFine panoptic segmentation (19 classes: 8 things, 11 stuff), 90k iterations.
 
   # once: build the tfds dataset from your local copy (nothing is downloaded)
-  python -c "from configs import cityscapes_panoptic as c; from m2f_jax import data; \
-      d = c.get_config().data; d.update(source_dir='/data/cityscapes', data_dir='/data/tfds'); \
-      data.prepare(d)"
+  python -m m2f_jax.data.prepare --config configs/cityscapes_panoptic.py \
+      --config.data.source_dir=/data/cityscapes --config.data.data_dir=/data/tfds
   python train.py --config configs/cityscapes_panoptic.py:r50 --workdir /tmp/m2f_cs_pan_r50 \
       --config.data.data_dir=/data/tfds
 """
@@ -16,6 +15,4 @@ def get_config(arg: str = "r50"):
       model=config_lib.model_config(config_lib.backbone_from_arg(arg), num_classes=19),
       dataset="cityscapes", task="panoptic", max_steps=90000, lr_schedule="poly")
   config.data.image_size = (512, 1024)  # the crop
-  config.data.update(  # m2f_jax/data/__init__.py documents these
-      data_dir="", source_dir="", on_error="fail", prepare_workers=8)
   return config

@@ -1,13 +1,12 @@
 r"""COCO 2017 instance segmentation (80 classes), the official 50-epoch schedule.
 
   # once: build the tfds dataset from your local copy (nothing is downloaded)
-  python -c "from configs import coco_instance as c; from m2f_jax import data; \
-      d = c.get_config().data; d.update(source_dir='/data/coco', data_dir='/data/tfds'); \
-      data.prepare(d)"
+  python -m m2f_jax.data.prepare --config configs/coco_instance.py \
+      --config.data.source_dir=/data/coco --config.data.data_dir=/data/tfds
   python train.py --config configs/coco_instance.py:r50 --workdir /tmp/m2f_coco_ins_r50 \
       --config.data.data_dir=/data/tfds
 
-Data fields: m2f_jax/data/__init__.py. Your own data in COCO instance format: add
+Data fields: `m2f_jax.config_lib.data_config`. Your own data in COCO instance format: add
 --config.data.dataset=coco_format --config.data.json_file=... --config.data.image_dir=...
 (val_* for the validation split) and set model.num_classes.
 """
@@ -23,8 +22,4 @@ def get_config(arg: str = "r50"):
       dataset="coco_instance", task="instance",
       max_steps=737500 if large else 368750,
       decay_steps=(655556, 710184) if large else (327778, 355092))
-  config.data.update(  # m2f_jax/data/__init__.py documents these
-      data_dir="", source_dir="", on_error="fail", prepare_workers=8, dataset_name="",
-      json_file="", image_dir="", panoptic_dir="", val_json_file="", val_image_dir="",
-      val_panoptic_dir="")
   return config

@@ -26,7 +26,7 @@ def get_config(arg: str = ""):
   config.data.update(image_size=(128, 128), num_targets=12, scale_range=None, num_train=2000,
                      num_val=100, seed=0, worker_count=0, read_threads=0, prefetch=0)
   config.loss.train_num_points = 1024
-  config.eval.update(semantic_on=True, instance_on=True, batch_size=8)
+  config.eval.batch_size = 8
   config.optim.learning_rate = 1e-3
   config.optim.backbone_multiplier = 1.0
   return config

@@ -1,9 +1,14 @@
-"""Model checkpoints on disk: a directory with `config.json` and Orbax-saved `variables/`.
+"""Model checkpoints on disk, and loading any checkpoint for inference.
 
-Written by `python -m m2f_jax.convert` (and by training); read by `eval.py`, `predict` and
-`train.py --config.init_from=DIR`. Writes are atomic: everything goes to a temporary sibling
-directory that is renamed into place at the end, so a failure never leaves a half-written
-checkpoint and never touches an existing one.
+A model directory holds `config.json` and Orbax-saved `variables/`; `python -m
+m2f_jax.convert` writes one (`save_model`), `train.py --config.init_from=DIR` reads one. Writes
+are atomic: everything goes to a temporary sibling directory that is renamed into place at
+the end, so a failure never leaves a half-written checkpoint and never touches an existing
+one.
+
+`load_for_inference(path)` reads a model directory or a training checkpoint step
+(`WORKDIR/checkpoints/STEP`, written by `m2f_jax.training.checkpoints`): only the weights
+are restored, so `eval.py`, `predict` and notebooks need nothing of training.
 """
 
 import json
@@ -16,8 +21,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from m2f_jax import sharding
+from m2f_jax.models.mask2former import abstract_variables
+from m2f_jax.models.mask2former import build_model
+
 CONFIG_FILE = "config.json"
 VARIABLES_DIR = "variables"
+TRAINING_CHECKPOINTS_DIR = "checkpoints"  # WORKDIR/checkpoints/STEP/{state,data}
+STATE_DIR = "state"  # the TrainState inside a training checkpoint step
 
 
 def save_model(directory: str, config: ml_collections.ConfigDict, variables, *,
@@ -59,12 +70,48 @@ def load_config(directory: str) -> ml_collections.ConfigDict:
 
 
 def load_model(directory: str):
-  """`(config, model, variables)` of a checkpoint directory."""
-  from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
+  """`(config, model, variables)` of a model directory."""
   config = load_config(directory)
   model = build_model(config.model)
-  from m2f_jax.convert import core  # pylint: disable=g-import-not-at-top
-  abstract = core.abstract_variables(model, np.zeros((1, 64, 64, 3), np.float32))
   with ocp.StandardCheckpointer() as ckptr:
-    variables = ckptr.restore(os.path.join(os.path.abspath(directory), VARIABLES_DIR), abstract)
+    variables = ckptr.restore(os.path.join(os.path.abspath(directory), VARIABLES_DIR),
+                              abstract_variables(model))
   return config, model, variables
+
+
+def _restore_training_weights(state_dir: str, model):
+  """params and batch_stats of a saved TrainState (the optimizer state is not read).
+
+  Restored replicated on this machine's devices, whatever devices saved the checkpoint
+  (Orbax refuses a checkpoint of other devices without target shardings).
+  """
+  replicated = sharding.replicated(sharding.make_mesh())
+  target = {k: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), v)
+            for k, v in abstract_variables(model).items() if v}  # no empty batch_stats
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))
+  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+
+
+def load_for_inference(path: str, config: ml_collections.ConfigDict | None = None):
+  """`(config, model, variables)` from a model directory or a training checkpoint step.
+
+  A model directory has `config.json` + `variables/`; a training step directory is
+  `WORKDIR/checkpoints/STEP` with `state/`, its config in `WORKDIR/config.json`. `config`,
+  when given, replaces the stored one (its model section must fit the weights).
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, VARIABLES_DIR)):
+    stored, _, variables = load_model(path)
+  elif os.path.isdir(os.path.join(path, STATE_DIR)):
+    stored = load_config(os.path.dirname(os.path.dirname(path)))
+    variables = _restore_training_weights(os.path.join(path, STATE_DIR),
+                                          build_model(stored.model))
+  else:
+    raise FileNotFoundError(
+        f"{path} is neither a model directory (config.json + variables/) nor a training "
+        "checkpoint step (WORKDIR/checkpoints/STEP with state/)")
+  config = config if config is not None else stored
+  return config, build_model(config.model), variables

@@ -8,6 +8,8 @@ transformers' `Mask2FormerConfig` where one exists, so HF checkpoints map one to
 
 import ml_collections
 
+from m2f_jax.data import datasets
+
 # ImageNet statistics on the 0..255 RGB scale, as the official configs (PIXEL_MEAN/STD).
 IMAGENET_MEAN = (123.675, 116.280, 103.530)
 IMAGENET_STD = (58.395, 57.120, 57.375)
@@ -105,11 +107,76 @@ def optim_config(max_steps: int, lr_schedule: str = "step",
       backbone_multiplier=0.1,
       clip_grad_norm=0.01,       # CLIP_TYPE full_model
       warmup_steps=10 if lr_schedule == "step" else 0,
+      warmup_factor=1.0,         # the learning-rate factor at step 0, linear to 1 (official 1.0)
       lr_schedule=lr_schedule,   # "step" (COCO) or "poly" (ADE20K, Cityscapes)
       decay_steps=list(decay_steps),
       decay_factor=0.1,
       poly_power=0.9,
       max_steps=max_steps,
+  ))
+
+
+def data_config(dataset: str, *, task: str | None = None,
+                batch_size: int = 16) -> ml_collections.ConfigDict:
+  """The `data` section: every field any dataset or pipeline reads, with its meaning.
+
+  Defaults come from the dataset's spec (`m2f_jax.data.datasets.DATASETS`): its task and
+  official augmentation recipe.
+  """
+  spec = datasets.spec(dataset)
+  return ml_collections.ConfigDict(dict(
+      dataset=dataset,             # a name of m2f_jax.data.datasets.DATASETS
+      task=task or spec.task,      # "semantic", "instance" or "panoptic" (the targets)
+      batch_size=batch_size,       # global batch over all hosts
+      ignore_label=255,            # semantic label of unlabeled pixels
+      num_targets=100,             # M: target masks per training image (padded)
+      augmentation=spec.augmentation,  # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
+      image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)
+      scale_range=(0.1, 2.0),      # LSJ scale jitter ("synthetic": None = no jitter)
+      # ADE20K / Cityscapes: shortest-edge choices and cap; None: the official values
+      # derived from image_size ([int(x * 0.1 * S) for x in 5..20], 4 S).
+      min_size_train=None,
+      max_size_train=ml_collections.FieldReference(None, field_type=int),
+      single_category_max_area=1.0,  # crop constraint of the semantic recipes (1.0: off)
+      # Input pipeline (grain), per process.
+      worker_count=4,              # worker processes (0: all in the training process)
+      read_threads=1,              # threads reading and transforming records
+      prefetch=2,                  # batches buffered ahead
+      # tfds datasets: where they are written and read, and how they are built.
+      data_dir="",                 # "" = tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+      source_dir="",               # the local copy of the release to build from (layouts: the
+                                   # builders' MANUAL_DOWNLOAD_INSTRUCTIONS in data/builders/)
+      on_error="fail",             # a bad source file stops the build with its name and the
+                                   # reason; "skip": left out, logged, counted in the metadata
+      prepare_workers=8,           # threads reading source files while building
+      # coco_format: your data in COCO panoptic format (a panoptic_dir set) or COCO instance
+      # format; building reads these, reading needs the same dataset_name (or JSON paths).
+      json_file="", image_dir="", panoptic_dir="",              # the "train" split
+      val_json_file="", val_image_dir="", val_panoptic_dir="",  # the "validation" split
+      dataset_name="",             # its tfds config name ("" = "custom_" + a hash of the JSONs)
+      # Category names and thing flags overriding the dataset's (converted checkpoints carry
+      # their label names); empty: the dataset's own.
+      class_names=ml_collections.FieldReference(None, field_type=list),
+      isthing=ml_collections.FieldReference(None, field_type=list),
+      # synthetic: images per split and the generator's seed.
+      num_train=2000, num_val=100, seed=0,
+  ))
+
+
+def eval_config(dataset: str, task: str) -> ml_collections.ConfigDict:
+  """The `eval` section: test-time resize, batching, post-processing and metrics."""
+  spec = datasets.spec(dataset)
+  evaluators = spec.evaluators if spec.evaluators and task == spec.task else (task,)
+  return ml_collections.ConfigDict(dict(
+      # The official test-time ResizeShortestEdge (None: keep the size).
+      min_size=ml_collections.FieldReference(spec.eval_size[0], field_type=int),
+      max_size=ml_collections.FieldReference(spec.eval_size[1], field_type=int),
+      batch_size=8,  # global
+      pad_size=ml_collections.FieldReference(None, field_type=tuple),  # needed multi-host
+      object_mask_threshold=0.8, overlap_threshold=0.8, instance_topk=100,
+      # Metrics, by name of m2f_jax.evaluation.EVALUATORS ("semantic": mIoU, "panoptic": PQ,
+      # "instance": mask AP); post-processing computes what they need.
+      evaluators=evaluators,
   ))
 
 
@@ -119,37 +186,16 @@ def base_config(*, model: ml_collections.ConfigDict, dataset: str, task: str,
   """A complete config: model, data, loss, optim, train and eval sections."""
   config = ml_collections.ConfigDict()
   config.model = model
-  # The official augmentation recipe and test-time resize (shortest edge, longest cap).
-  augmentation, eval_size = {
-      "coco_panoptic": ("coco_lsj", (800, 1333)), "coco_instance": ("coco_lsj", (800, 1333)),
-      "ade20k": ("ade20k_semantic", (512, 2048)), "cityscapes": ("cityscapes", (1024, 2048)),
-  }.get(dataset, ("synthetic", (None, None)))
-  config.data = ml_collections.ConfigDict(dict(
-      dataset=dataset, task=task, batch_size=batch_size,  # global batch over all hosts
-      ignore_label=255, num_targets=100,
-      augmentation=augmentation,   # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
-      image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)
-      scale_range=(0.1, 2.0),      # LSJ scale jitter
-      # ADE20K / Cityscapes: shortest-edge choices and cap; None: the official values
-      # derived from image_size ([int(x * 0.1 * S) for x in 5..20], 4 S).
-      min_size_train=None, max_size_train=ml_collections.FieldReference(None, field_type=int),
-      single_category_max_area=1.0,
-      worker_count=4, read_threads=1, prefetch=2))
+  config.data = data_config(dataset, task=task, batch_size=batch_size)
   config.loss = loss_config()
   config.optim = optim_config(max_steps, lr_schedule, decay_steps)
   config.train = ml_collections.ConfigDict(dict(
-      seed=0, checkpoint_every=5000, keep_checkpoints=3, log_every=20, bf16=False,
-      remat=False))
-  config.eval = ml_collections.ConfigDict(dict(
-      min_size=ml_collections.FieldReference(eval_size[0], field_type=int),
-      max_size=ml_collections.FieldReference(eval_size[1], field_type=int),
-      batch_size=8,  # global
-      pad_size=ml_collections.FieldReference(None, field_type=tuple),  # needed multi-host
-      object_mask_threshold=0.8, overlap_threshold=0.8, instance_topk=100,
-      semantic_on=task == "semantic" or dataset == "coco_panoptic",
-      panoptic_on=task == "panoptic",
-      instance_on=task == "instance" or dataset == "coco_panoptic"))
-  config.init_from = ""
+      seed=0, checkpoint_every=5000, keep_checkpoints=3, log_every=20,
+      remat=False,          # recompute activations in the backward pass (saves memory)
+      shard_params=False,   # shard parameters and optimizer state over the devices (ZeRO-3)
+  ))
+  config.eval = eval_config(dataset, task)
+  config.init_from = ""  # an m2f_jax checkpoint directory or ImageNet backbone weights
   return config
 
 

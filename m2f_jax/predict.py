@@ -22,9 +22,12 @@ import sys
 import numpy as np
 import PIL.Image
 
+from m2f_jax import checkpoint
 from m2f_jax import data
 from m2f_jax import inference
 from m2f_jax import visualize
+from m2f_jax.data import panoptic_png
+from m2f_jax.data import transforms
 
 
 def read_image(path: str) -> np.ndarray:
@@ -40,16 +43,13 @@ def read_image(path: str) -> np.ndarray:
 
 
 def prepare(image: np.ndarray, *, pixel_mean, pixel_std, min_size=None, max_size=None):
-  """Resized (official test-time rule), normalized, padded to a multiple of 32, batched."""
-  from m2f_jax.data import pipeline, targets, transforms  # pylint: disable=g-import-not-at-top
-  h, w = image.shape[:2]
-  nh, nw = pipeline.eval_resize_size(h, w, min_size, max_size)
-  if (nh, nw) != (h, w):
-    image = transforms.resize_image(image, nh, nw)
-  ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
-  x = np.zeros((1, ph, pw, 3), np.float32)  # [1, H, W, 3], zero (the mean) on padding
-  x[0, :nh, :nw] = targets.normalize_image(image, pixel_mean=pixel_mean, pixel_std=pixel_std)
-  return x, (nh, nw)
+  """Resized (official test-time rule), normalized, padded to a multiple of 32, batched.
+
+  Returns float32 [1, H, W, 3] and the (h, w) of the resized image inside it.
+  """
+  x = transforms.prepare_eval_image(image, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                                    min_size=min_size, max_size=max_size)  # [h, w, 3]
+  return transforms.pad_images([x])[0], x.shape[:2]
 
 
 def _bbox(mask: np.ndarray) -> list[int]:
@@ -63,7 +63,6 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
                   categories: list[dict]) -> list[str]:
   """Writes the files of one image; returns their paths."""
   from m2f_jax.evaluation import instance as instance_eval  # pylint: disable=g-import-not-at-top
-  from m2f_jax.evaluation import panoptic as panoptic_eval  # pylint: disable=g-import-not-at-top
   names = [c["name"] for c in categories]
   base = os.path.join(output, name)
   written = []
@@ -71,17 +70,15 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
     sem = result["sem_seg"]
     dtype = np.uint8 if len(names) <= 255 else np.uint16
     PIL.Image.fromarray(sem.astype(dtype)).save(base + ".semantic.png")
-    vis = visualize.semantic_overlay(image, sem, names)
     written.append(base + ".semantic.png")
   elif task == "panoptic":
     ids, segments = result["panoptic_seg"]
-    PIL.Image.fromarray(panoptic_eval.id2rgb(ids)).save(base + ".panoptic.png")
+    panoptic_png.write_panoptic_png(base + ".panoptic.png", ids)
     info = [{"id": int(s["id"]), "category_id": int(s["category_id"]),
              "isthing": int(bool(s["isthing"])), "area": int((ids == s["id"]).sum()),
              "bbox": _bbox(ids == s["id"])} for s in segments]
     with open(base + ".panoptic.json", "w") as f:
       json.dump({"file_name": os.path.basename(base + ".panoptic.png"), "segments_info": info}, f)
-    vis = visualize.panoptic_overlay(image, result["panoptic_seg"], names)
     written += [base + ".panoptic.png", base + ".panoptic.json"]
   else:
     inst = result["instances"]
@@ -90,9 +87,8 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
             for m, s, c, r in zip(inst["masks"], inst["scores"], inst["classes"], rles)]
     with open(base + ".instances.json", "w") as f:
       json.dump(dets, f)
-    vis = visualize.instance_overlay(image, inst, names)
     written.append(base + ".instances.json")
-  vis.save(base + ".overlay.png")
+  visualize.result_overlay(image, result, names).save(base + ".overlay.png")
   return [base + ".overlay.png"] + written
 
 
@@ -107,9 +103,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   import jax  # pylint: disable=g-import-not-at-top
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
   try:
-    config, model, variables = loop.load_for_inference(args.checkpoint)
+    config, model, variables = checkpoint.load_for_inference(args.checkpoint)
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -127,8 +122,8 @@ def main(argv=None) -> int:
       failed += 1
       continue
     x, size = prepare(image, pixel_mean=config.model.pixel_mean,
-                      pixel_std=config.model.pixel_std, min_size=e.get("min_size"),
-                      max_size=e.get("max_size"))
+                      pixel_std=config.model.pixel_std, min_size=e.min_size,
+                      max_size=e.max_size)
     out = forward(variables, x)
     result = inference.postprocess(
         pred_logits=out["pred_logits"], pred_masks=out["pred_masks"], padded_size=x.shape[1:3],

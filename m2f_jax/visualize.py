@@ -66,3 +66,12 @@ def instance_overlay(image: np.ndarray, instances: dict, class_names: Sequence[s
     ids[instances["masks"][i]] = n + 1
     labels[n + 1] = f"{class_names[instances['classes'][i]]} {instances['scores'][i]:.2f}"
   return overlay(image, ids, labels)
+
+
+def result_overlay(image: np.ndarray, result: dict, class_names: Sequence[str]):
+  """The overlay of one post-processed result: panoptic, else semantic, else instances."""
+  if "panoptic_seg" in result:
+    return panoptic_overlay(image, result["panoptic_seg"], class_names)
+  if "sem_seg" in result:
+    return semantic_overlay(image, result["sem_seg"], class_names)
+  return instance_overlay(image, result["instances"], class_names)

@@ -1,7 +1,7 @@
 """tfds builders of COCO (panoptic, instance, user COCO format), ADE20K and Cityscapes.
 
 Tiny sources in each release's layout are written to tmp dirs (32x48 images), built through
-`m2f_jax.data.prepare(config.data)` and read back with `data_source`; every decoded record is
+`m2f_jax.data.prepare_dataset(config.data)` and read back with `data_source`; every decoded record is
 compared with the fixture pixel for pixel. Bad source files are checked with on_error "fail"
 (the error names the file) and "skip" (the example is left out and counted).
 """
@@ -10,12 +10,15 @@ import json
 import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 tfds = pytest.importorskip("tensorflow_datasets")
 mask_util = pytest.importorskip("pycocotools.mask")
 
@@ -158,7 +161,7 @@ def test_coco_panoptic_release(tmp_path):
     _write_panoptic(str(source / "annotations" / f"panoptic_{folder}.json"),
                     str(source / folder), str(png_dir), fixture[split], categories)
   cfg = _config(tmp_path, "coco_panoptic", source_dir=str(source))
-  builder = data.prepare(cfg)
+  builder = data.prepare_dataset(cfg)
   meta = builder.info.metadata
   assert len(meta["categories"]) == 133
   assert sum(c["isthing"] for c in meta["categories"]) == 80
@@ -172,7 +175,7 @@ def test_coco_panoptic_release(tmp_path):
     _check_panoptic(records, fixture[split], source / folder, COCO_CONTIGUOUS, isthing)
   assert records  # the image with no object is kept (train, checked above)
   # Prepared: a second call reads, even without the source.
-  assert data.prepare(_config(tmp_path, "coco_panoptic")).is_prepared()
+  assert data.prepare_dataset(_config(tmp_path, "coco_panoptic")).is_prepared()
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ def test_coco_instance_release(tmp_path):
     _write_instances(str(source / "annotations" / f"instances_{folder}.json"),
                      str(source / folder), fixture[split], categories, rng)
   cfg = _config(tmp_path, "coco_instance", source_dir=str(source))
-  builder = data.prepare(cfg)
+  builder = data.prepare_dataset(cfg)
   meta = builder.info.metadata
   assert len(meta["categories"]) == 80 and all(c["isthing"] for c in meta["categories"])
   assert meta["dropped_annotations"]["train"]["count"] == 1
@@ -309,7 +312,7 @@ def test_coco_format_panoptic_with_custom_categories(tmp_path):
               {"id": 2, "name": "apple", "isthing": 1, "dataset_id": 10},
               {"id": 3, "name": "sky", "isthing": 0, "dataset_id": 12}]
   assert data.categories(cfg) == expected  # from the JSON, before building
-  builder = data.prepare(cfg)
+  builder = data.prepare_dataset(cfg)
   assert (builder.name, builder.builder_config.name) == ("coco_panoptic", "mine")
   assert data.categories(cfg) == expected  # from the metadata
   isthing = {c["id"]: bool(c["isthing"]) for c in CUSTOM}
@@ -327,7 +330,7 @@ def test_coco_format_instance_with_custom_categories(tmp_path):
                    categories, rng)
   cfg = _config(tmp_path, "coco_format", json_file=str(root / "train.json"),
                 image_dir=str(root / "train"), panoptic_dir="")
-  builder = data.prepare(cfg)
+  builder = data.prepare_dataset(cfg)
   assert builder.name == "coco_instance"
   assert builder.builder_config.name.startswith("custom_")
   assert data.categories(cfg) == [
@@ -365,7 +368,7 @@ def test_ade20k(tmp_path):
   root = tmp_path / "ade" / "ADEChallengeData2016"
   labels = _write_ade(root, rng)
   cfg = _config(tmp_path, "ade20k", source_dir=str(tmp_path / "ade"))  # the parent works
-  data.prepare(cfg)
+  data.prepare_dataset(cfg)
   categories = data.categories(cfg)
   assert len(categories) == 150 and categories[0]["name"] == "wall"
   assert categories[12] == {"id": 12, "name": "person", "isthing": 1, "dataset_id": 13}
@@ -419,7 +422,7 @@ def test_cityscapes(tmp_path):
   root = tmp_path / "cityscapes"
   label_ids, instance_ids = _write_cityscapes(root, rng)
   cfg = _config(tmp_path, "cityscapes", source_dir=str(root))
-  data.prepare(cfg)
+  data.prepare_dataset(cfg)
   categories = data.categories(cfg)
   assert [c["name"] for c in categories[11:]] == [
       "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
@@ -553,12 +556,12 @@ BAD_CASES = [  # (dataset, fixture, case, the reason in the error)
 def test_bad_input(tmp_path, dataset, make, case, reason):
   fields, bad_name, split, num_good = make(tmp_path, case)
   with pytest.raises(builders.BadInputError, match=bad_name) as error:
-    data.prepare(_config(tmp_path, dataset, on_error="fail", **fields))
+    data.prepare_dataset(_config(tmp_path, dataset, on_error="fail", **fields))
   assert error.value.path.endswith(bad_name)
   assert re.search(reason, error.value.reason), error.value.reason
   assert "on_error='skip'" in str(error.value)
   cfg = _config(tmp_path, dataset, on_error="skip", **fields)
-  builder = data.prepare(cfg)
+  builder = data.prepare_dataset(cfg)
   skipped = builder.info.metadata["skipped"][split]
   assert skipped["count"] == 1 and bad_name in skipped["examples"][0], skipped
   records = _records(data.data_source(cfg, split))
@@ -571,14 +574,41 @@ def test_missing_source_paths_are_named(tmp_path):
   with pytest.raises(ValueError, match="on_error"):
     data.tfds_builder(_config(tmp_path, "ade20k", on_error="ignore"))
   with pytest.raises(ValueError, match="data.source_dir"):
-    data.prepare(_config(tmp_path, "ade20k"))
+    data.prepare_dataset(_config(tmp_path, "ade20k"))
   with pytest.raises(FileNotFoundError, match="nowhere"):
-    data.prepare(_config(tmp_path, "cityscapes", source_dir=str(tmp_path / "nowhere")))
+    data.prepare_dataset(_config(tmp_path, "cityscapes", source_dir=str(tmp_path / "nowhere")))
   (tmp_path / "coco" / "train2017").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match="panoptic_train2017.json"):
-    data.prepare(_config(tmp_path, "coco_panoptic", source_dir=str(tmp_path / "coco")))
+    data.prepare_dataset(_config(tmp_path, "coco_panoptic", source_dir=str(tmp_path / "coco")))
   with pytest.raises(FileNotFoundError, match="missing.json"):
-    data.prepare(_config(tmp_path, "coco_format", json_file=str(tmp_path / "missing.json"),
+    data.prepare_dataset(_config(tmp_path, "coco_format", json_file=str(tmp_path / "missing.json"),
                          image_dir=str(tmp_path)))
-  with pytest.raises(FileNotFoundError, match=r"prepare\(config.data\)"):
+  with pytest.raises(FileNotFoundError, match=r"prepare_dataset\(config.data\)"):
     data.data_source(_config(tmp_path, "coco_instance"), "train")
+
+
+def test_prepare_cli(tmp_path):
+  """`python -m m2f_jax.data.prepare` builds a config's dataset, then reads it back."""
+  _, fields, _ = _custom_panoptic(tmp_path, np.random.default_rng(5))
+  flags = [f"--config.data.{k}={v}" for k, v in fields.items()]
+  flags += ["--config.data.dataset=coco_format", "--config.data.dataset_name=cli",
+            f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.prepare_workers=2"]
+  cmd = [sys.executable, "-m", "m2f_jax.data.prepare", "--config",
+         str(REPO / "configs" / "coco_panoptic.py")]
+  run = subprocess.run(cmd + flags, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert run.returncode == 0, run.stderr
+  assert "coco_panoptic/cli is prepared in" in run.stdout
+  assert "train: 2 examples" in run.stdout and "validation: 1 examples" in run.stdout
+  cfg = _config(tmp_path, "coco_format", dataset_name="cli", **fields)
+  assert data.tfds_builder(cfg).is_prepared()
+  # A missing source folder: one line naming the field, exit status 1, nothing built.
+  run = subprocess.run(cmd + ["--config.data.dataset=ade20k",
+                              f"--config.data.data_dir={tmp_path / 'tfds'}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert run.returncode == 1
+  assert run.stderr.startswith("error: data.dataset='ade20k' is not prepared"), run.stderr
+  assert "data.source_dir" in run.stderr and "Traceback" not in run.stderr
+  # A dataset generated in memory needs nothing.
+  run = subprocess.run(cmd[:-1] + [str(REPO / "configs" / "tiny.py")], capture_output=True,
+                       text=True, cwd=REPO, timeout=300)
+  assert run.returncode == 0 and "nothing to prepare" in run.stdout, run.stderr

@@ -97,12 +97,11 @@ def images(tmp_path_factory):
 def runs(trained, images, tmp_path_factory):
   """eval.py, predict (three tasks) and convert, started together; name -> (run, output)."""
   from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
   workdir, _ = trained
   step_dir = workdir / "checkpoints" / str(STEPS)
   # A model directory (the format `python -m m2f_jax.convert` writes) from the training
   # checkpoint, so that both kinds of --checkpoint are exercised.
-  config, _, variables = loop.load_for_inference(str(step_dir))
+  config, _, variables = checkpoint.load_for_inference(str(step_dir))
   model_dir = pathlib.Path(checkpoint.save_model(
       str(tmp_path_factory.mktemp("model") / "tiny"), config, variables))
   paths, _ = images

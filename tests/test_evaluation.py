@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools import mask as mask_util
 
-from m2f_jax.evaluation import instance, panoptic, semantic
+from m2f_jax.data.panoptic_png import write_panoptic_png
+from m2f_jax.evaluation import instance, panoptic, pq, semantic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +97,7 @@ HAND_WANT = {
 
 
 def test_panoptic_hand_computed():
-  evaluator = panoptic.PanopticEvaluator(categories=CATEGORIES)
+  evaluator = pq.PanopticEvaluator(categories=CATEGORIES)
   for gt_ids, gt_segments, pred_ids, pred_segments in _hand_images():
     evaluator.update(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
                      pred_segments=pred_segments)
@@ -115,24 +115,24 @@ def test_panoptic_contiguous_ids_and_empty_group():
   gt_ids, gt_segments, pred_ids, pred_segments = _hand_images()[0]
   contiguous = [dict(s, category_id=s["category_id"] - 1, isthing=s["category_id"] != 3)
                 for s in pred_segments]
-  direct = panoptic.PanopticEvaluator(categories=CATEGORIES)
-  mapped = panoptic.PanopticEvaluator(categories=CATEGORIES, category_ids=[1, 2, 3])
+  direct = pq.PanopticEvaluator(categories=CATEGORIES)
+  mapped = pq.PanopticEvaluator(categories=CATEGORIES, category_ids=[1, 2, 3])
   direct.update(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
                 pred_segments=pred_segments)
   mapped.update(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
                 pred_segments=contiguous)
   assert mapped.compute() == direct.compute()
   # No stuff category occurs: panopticapi would divide by zero; the stuff values are NaN.
-  things_only = panoptic.PanopticEvaluator(categories=CATEGORIES)
+  things_only = pq.PanopticEvaluator(categories=CATEGORIES)
   things_only.update(gt_ids=np.array([[1, 1]]), gt_segments=[{"id": 1, "category_id": 1}],
                      pred_ids=np.array([[5, 5]]), pred_segments=[{"id": 5, "category_id": 1}])
   report = things_only.compute()["panoptic_seg"]
   assert report["PQ"] == report["PQ_th"] == 100.0 and math.isnan(report["PQ_st"])
   with pytest.raises(KeyError, match="not in its segments_info"):
-    panoptic.pq_stats(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
+    pq.pq_stats(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
                       pred_segments=pred_segments[:-1], categories={1: {}, 2: {}, 3: {}})
   with pytest.raises(KeyError, match="not in the panoptic map"):
-    panoptic.pq_stats(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
+    pq.pq_stats(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
                       pred_segments=pred_segments + [{"id": 99, "category_id": 1}],
                       categories={1: {}, 2: {}, 3: {}})
 
@@ -220,7 +220,7 @@ def _random_images(rng, count=12, shape=(12, 14)):
 def test_panoptic_matches_independent_implementation():
   rng = np.random.default_rng(0)
   images = _random_images(rng)
-  evaluator = panoptic.PanopticEvaluator(categories=CATEGORIES)
+  evaluator = pq.PanopticEvaluator(categories=CATEGORIES)
   for gt_ids, gt_segments, pred_ids, pred_segments in images:
     evaluator.update(gt_ids=gt_ids, gt_segments=gt_segments, pred_ids=pred_ids,
                      pred_segments=pred_segments)
@@ -244,8 +244,8 @@ def test_panoptic_cli_end_to_end(tmp_path):
   pred_json = {"annotations": []}
   for image_id, (gt_ids, gt_segments, pred_ids, pred_segments) in enumerate(_hand_images()):
     name = f"{image_id:06d}.png"
-    Image.fromarray(panoptic.id2rgb(gt_ids)).save(gt_dir / name)
-    Image.fromarray(panoptic.id2rgb(pred_ids)).save(pred_dir / name)
+    write_panoptic_png(gt_dir / name, gt_ids)
+    write_panoptic_png(pred_dir / name, pred_ids)
     gt_json["images"].append({"id": image_id, "file_name": name.replace("png", "jpg")})
     gt_json["annotations"].append({
         "image_id": image_id, "file_name": name,
@@ -274,14 +274,7 @@ def test_panoptic_cli_end_to_end(tmp_path):
   results = panoptic.pq_compute_files(
       gt_json=str(tmp_path / "gt.json"), gt_folder=str(gt_dir),
       pred_json=str(tmp_path / "pred.json"), pred_folder=str(pred_dir), workers=2)
-  assert panoptic.detectron2_report(results) == pytest.approx(HAND_WANT)
-
-
-def test_id_rgb_round_trip():
-  ids = np.array([[0, 1, 255, 256], [65535, 65536, 256 ** 3 - 1, 12345678]])
-  rgb = panoptic.id2rgb(ids)
-  assert rgb.dtype == np.uint8 and rgb.shape == (2, 4, 3)
-  np.testing.assert_array_equal(panoptic.rgb2id(rgb), ids)
+  assert pq.detectron2_report(results) == pytest.approx(HAND_WANT)
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from m2f_jax.data import pipeline
 from m2f_jax.data import synthetic
 from m2f_jax.data import targets
 from m2f_jax.data import transforms
-from m2f_jax.evaluation.panoptic import id2rgb
+from m2f_jax.data.panoptic_png import id2rgb
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)

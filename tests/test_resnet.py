@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from m2f_jax.convert.core import ConversionError, abstract_variables, state_dict_to_variables
+from m2f_jax.convert import names
 from m2f_jax.models.backbones import resnet
 from tests import reference
 
@@ -152,8 +153,8 @@ def test_torchvision_and_detectron2_renaming_round_trip(bottleneck):
   d2_pretrained = {k[len("backbone."):]: v for k, v in d2.items()}  # R-50.pkl style
   d2_pretrained["stem.fc.weight"] = np.zeros((10, 128))
 
-  for renamed in (resnet.torchvision_to_hf_names(tv), resnet.detectron2_resnet_to_hf_names(d2),
-                  resnet.detectron2_resnet_to_hf_names(d2_pretrained)):
+  for renamed in (names.torchvision_to_hf_names(tv), names.detectron2_resnet_to_hf_names(d2),
+                  names.detectron2_resnet_to_hf_names(d2_pretrained)):
     assert set(renamed) == set(hf_state)
     assert all(renamed[k] is hf_state[k] for k in renamed)
     got = apply_fn(state_dict_to_variables(renamed, abstract), images)
@@ -163,10 +164,10 @@ def test_torchvision_and_detectron2_renaming_round_trip(bottleneck):
 
 def test_renaming_rejects_foreign_tensors():
   with pytest.raises(ConversionError, match="sem_seg_head.predictor.weight"):
-    resnet.detectron2_resnet_to_hf_names({"backbone.stem.conv1.weight": 0,
+    names.detectron2_resnet_to_hf_names({"backbone.stem.conv1.weight": 0,
                                           "sem_seg_head.predictor.weight": 0})
   with pytest.raises(ConversionError, match="layer5.0.conv1.weight"):
-    resnet.torchvision_to_hf_names({"layer5.0.conv1.weight": 0})
+    names.torchvision_to_hf_names({"layer5.0.conv1.weight": 0})
 
 
 def test_frozen_batchnorm_has_no_gradient_and_ignores_train():

@@ -236,11 +236,11 @@ def uninterrupted(tmp_path_factory, cache_dir, reference):
 
 
 def test_check_finite_names_the_step_and_the_term():
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
-  loop.check_finite({"total_loss": 3.0, "loss_ce": 1.0, "grad_norm": math.inf}, 7)
-  with pytest.raises(loop.NonFiniteLossError, match=r"^step 12: non-finite loss in "
+  from m2f_jax.training import train_step  # pylint: disable=g-import-not-at-top
+  train_step.check_finite({"total_loss": 3.0, "loss_ce": 1.0, "grad_norm": math.inf}, 7)
+  with pytest.raises(train_step.NonFiniteLossError, match=r"^step 12: non-finite loss in "
                      r"loss_dice_2, total_loss \(loss_dice_2=nan, total_loss=inf\)"):
-    loop.check_finite({"total_loss": math.inf, "loss_ce": 1.0, "loss_dice_2": math.nan,
+    train_step.check_finite({"total_loss": math.inf, "loss_ce": 1.0, "loss_dice_2": math.nan,
                        "loss_mask_2": 0.5, "grad_norm": math.nan}, 12)
 
 
@@ -291,8 +291,8 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, reference):
                         initial, "2 processes")
   # The checkpoint the two processes wrote together holds those parameters.
   assert _checkpoint_steps(tmp_path) == [2, PROCESS_STEPS]
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
-  _, _, variables = loop.load_for_inference(str(tmp_path / "checkpoints" / str(PROCESS_STEPS)))
+  from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  _, _, variables = checkpoint.load_for_inference(str(tmp_path / "checkpoints" / str(PROCESS_STEPS)))
   restored = _flatten(variables["params"])
   for k in params[0]:
     np.testing.assert_array_equal(restored[k], params[0][k], err_msg=k)
@@ -339,8 +339,8 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, cache_dir, uninterrup
   for m in logged:
     assert _loss_terms(m) == pytest.approx(expected[m["step"]], rel=1e-6, abs=0), m["step"]
   # The final parameters and the evaluation agree too.
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
-  final = [_flatten(loop.load_for_inference(str(d / "checkpoints" / str(RESUME_STEPS)))[2]
+  from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  final = [_flatten(checkpoint.load_for_inference(str(d / "checkpoints" / str(RESUME_STEPS)))[2]
                     ["params"]) for d in (tmp_path, reference_dir)]
   _assert_trees_close(final[0], final[1], rtol=1e-6, atol=1e-7, what="resumed")
   results = [_flat_numbers(json.loads((d / "eval_results.json").read_text()))
@@ -367,7 +367,7 @@ def test_non_finite_loss_stops_training(tmp_path, cache_dir, reference):
                 returncode=None)
   assert run.returncode != 0
   message = run.stderr.strip().splitlines()[-1]
-  match = re.fullmatch(r"m2f_jax\.training\.loop\.NonFiniteLossError: step 4: non-finite loss "
+  match = re.fullmatch(r"m2f_jax\.training\.train_step\.NonFiniteLossError: step 4: non-finite loss "
                        r"in ([\w, ]+) \((.+)\); lower optim\.learning_rate, .*", message)
   assert match, message
   # Every term but loss_ce_0: the learnable queries' classes never see the image.
@@ -434,16 +434,17 @@ def _run_steps(job: dict):
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from m2f_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m2f_jax.training import train_step  # pylint: disable=g-import-not-at-top
   config = _config(job.get("overrides", {}))
-  model, tx, abstract = loop.abstract_train_state(config)
-  mesh = loop.make_mesh()
+  model, tx, abstract = train_step.abstract_train_state(config)
+  mesh = sharding.make_mesh()
   out = pathlib.Path(job["out"])
   print(f"devices: {mesh.devices.size}", flush=True)
   if not job.get("initial_state"):  # as loop.train creates it
     image_shape = tuple(config.data.image_size)
-    init = jax.jit(lambda r: loop.create_train_state(model, tx, r, image_shape),
-                   out_shardings=loop.state_shardings(abstract, mesh, False))
+    init = jax.jit(lambda r: train_step.create_train_state(model, tx, r, image_shape),
+                   out_shardings=sharding.state_shardings(abstract, mesh, False))
     initial = jax.device_get(init(jax.random.PRNGKey(config.train.seed)))
     if job.get("save_initial"):
       leaves = {f"{i:04d}": x for i, x in enumerate(jax.tree.leaves(initial))}
@@ -452,13 +453,13 @@ def _run_steps(job: dict):
       np.savez(out / "initial_params.npz", **_flatten(initial.params))
   compiled = {}
   for run in job["runs"]:
-    shardings = loop.state_shardings(abstract, mesh, run["shard_params"])
+    shardings = sharding.state_shardings(abstract, mesh, run["shard_params"])
     num_sharded = sum(s.spec != P() for s in jax.tree.leaves(shardings.params))
     print(f"{run['name']}: sharded leaves: {num_sharded}", flush=True)
-    step_fn = jax.jit(loop.make_train_step(model, tx, config),
-                      in_shardings=(shardings, loop.batch_sharding(mesh)),
+    step_fn = jax.jit(train_step.make_train_step(model, tx, config),
+                      in_shardings=(shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
-    batch = loop.global_batch(next(_batches(config, run["data"])), mesh)
+    batch = sharding.global_batch(next(_batches(config, run["data"])), mesh)
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   abstract, shardings)
     compiled[run["name"]] = (shardings, step_fn.lower(abstract_state, batch).compile())
@@ -478,7 +479,7 @@ def _run_steps(job: dict):
     metrics = []
     batches = _batches(config, run["data"])
     for _ in range(run["steps"]):
-      state, step_metrics = step_fn(state, loop.global_batch(next(batches), mesh))
+      state, step_metrics = step_fn(state, sharding.global_batch(next(batches), mesh))
       metrics.append({k: float(v) for k, v in jax.device_get(step_metrics).items()})
     np.savez(out / f"{run['name']}_params.npz", **_flatten(jax.device_get(state.params)))
     (out / f"{run['name']}_metrics.json").write_text(json.dumps(metrics))

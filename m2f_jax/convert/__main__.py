@@ -55,8 +55,12 @@ def main(argv=None) -> int:
       with open(os.path.join(args.source, "config.json")) as f:
         hf_cfg = json.load(f)
       model_cfg = hf.hf_config_to_model_config(hf_cfg)
-      config = load_config_file(args.config) if args.config else config_lib.base_config(
-          model=model_cfg, dataset="custom", task="panoptic", max_steps=0)
+      if args.config:
+        config = load_config_file(args.config)
+      else:  # a transformers directory does not say what data it was trained on
+        config = config_lib.base_config(model=model_cfg, dataset="coco_format",
+                                        task="panoptic", max_steps=0)
+        config.eval.update(min_size=None, max_size=None)  # no test-time resize unless given
       config.model = model_cfg
       config.data.class_names = hf.class_names_from_hf(hf_cfg)
       _, variables = hf.load_hf(args.source)

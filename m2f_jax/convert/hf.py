@@ -2,44 +2,15 @@
 
 import json
 import os
-import re
 
 import ml_collections
 import numpy as np
 
 from m2f_jax import config_lib
 from m2f_jax.convert import core
-
-# Tensors of a transformers checkpoint that the Flax model has no use for.
-HF_IGNORE = (
-    r"^criterion\.",           # the loss's class weights, rebuilt from the config
-    r"\.swin\.layernorm\.",    # SwinModel's final norm, unused by the backbone
-    r"relative_position_index$",
-)
-
-# transformers >= 5 names some Swin tensors differently in memory than on disk; a directory
-# written with those names is brought back to the on-disk names the Flax modules follow.
-_NEW_TO_SAVED_SWIN = (
-    (r"\.swin\.(encoder|embeddings)\.", r".\1."),
-    (r"\.attention\.q_proj\.", ".attention.self.query."),
-    (r"\.attention\.k_proj\.", ".attention.self.key."),
-    (r"\.attention\.v_proj\.", ".attention.self.value."),
-    (r"\.attention\.relative_position_bias\.relative_position_bias_table$",
-     ".attention.self.relative_position_bias_table"),
-    (r"\.attention\.o_proj\.", ".attention.output.dense."),
-    (r"\.mlp\.fc1\.", ".intermediate.dense."),
-    (r"\.mlp\.fc2\.", ".output.dense."),
-)
-_BACKBONE_PREFIX = "model.pixel_level_module.encoder."
-
-
-def _saved_name(name: str) -> str:
-  if not name.startswith(_BACKBONE_PREFIX):
-    return name
-  for pattern, repl in _NEW_TO_SAVED_SWIN:
-    name = re.sub(pattern, repl, name)
-  return name
-
+from m2f_jax.convert import names
+from m2f_jax.models.mask2former import abstract_variables
+from m2f_jax.models.mask2former import build_model
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """All tensors of a transformers directory (safetensors, sharded or not, or pytorch .bin)."""
@@ -136,7 +107,6 @@ def class_names_from_hf(hf: dict) -> list[str]:
 
 def load_hf(path: str):
   """`(model, variables)` for a transformers Mask2Former directory (config.json + weights)."""
-  from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
   cfg_file = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_file):
     raise core.ConversionError(
@@ -153,7 +123,7 @@ def hf_variables(model, state_dict, *, source: str = "checkpoint"):
   """Maps transformers tensor names (with their `model.` prefix) onto `model`'s variables."""
   renamed = {}
   for name, value in state_dict.items():
-    name = _saved_name(name)
+    name = names.saved_hf_name(name)
     renamed[name[len("model."):] if name.startswith("model.") else name] = value
-  abstract = core.abstract_variables(model, np.zeros((1, 64, 64, 3), np.float32))
-  return core.state_dict_to_variables(renamed, abstract, ignore=HF_IGNORE, source=source)
+  return core.state_dict_to_variables(renamed, abstract_variables(model), ignore=names.HF_IGNORE,
+                                      source=source)

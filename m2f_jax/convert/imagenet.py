@@ -17,9 +17,7 @@ import flax
 import numpy as np
 
 from m2f_jax.convert import core
-from m2f_jax.convert import detectron2 as d2
-from m2f_jax.models.backbones.resnet import detectron2_resnet_to_hf_names
-from m2f_jax.models.backbones.resnet import torchvision_to_hf_names
+from m2f_jax.convert import names
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
@@ -52,13 +50,13 @@ def backbone_to_hf_names(state: dict[str, np.ndarray], backbone: str) -> dict[st
   """ImageNet checkpoint names -> transformers' backbone names."""
   if backbone == "resnet":
     if any(k.startswith(("stem.", "res2.")) for k in state):
-      return detectron2_resnet_to_hf_names({f"backbone.{k}": v for k, v in state.items()})
-    return torchvision_to_hf_names({k: v for k, v in state.items() if not k.startswith("fc.")})
+      return names.detectron2_resnet_to_hf_names({f"backbone.{k}": v for k, v in state.items()})
+    return names.torchvision_to_hf_names({k: v for k, v in state.items() if not k.startswith("fc.")})
   if backbone == "swin":
     drop = ("head.", "norm.", "absolute_pos_embed")
     kept = {k: v for k, v in state.items()
             if not k.startswith(drop) and not k.endswith(("relative_position_index", "attn_mask"))}
-    return d2.swin_to_hf_names(kept)
+    return names.swin_to_hf_names(kept)
   raise ValueError(f"backbone must be 'resnet' or 'swin', got {backbone!r}")
 
 

@@ -31,7 +31,7 @@ import grain
 import numpy as np
 
 from m2f_jax.data import targets as targets_lib
-from m2f_jax.evaluation.panoptic import rgb2id
+from m2f_jax.data.panoptic_png import rgb2id
 from m2f_jax.data import transforms
 
 # ------------------------------------------------------------------------------------------
@@ -206,27 +206,16 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
   return iter(ds)
 
 
-def eval_resize_size(height: int, width: int, min_size: int | None,
-                  max_size: int | None) -> tuple[int, int]:
-  """The official test-time `ResizeShortestEdge(min_size, max_size)`; None: no resize."""
-  if not min_size:
-    return height, width
-  return transforms.resize_shortest_edge_size(height, width, min_size, max_size)
-
-
 def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel_mean,
                   pixel_std) -> dict[str, Any]:
   record = normalize_record(source[slot if slot >= 0 else fallback])
   image = record.pop("image")
-  height, width = image.shape[:2]
-  input_h, input_w = eval_resize_size(height, width, min_size, max_size)
-  if (input_h, input_w) != (height, width):
-    image = transforms.resize_image(image, input_h, input_w)
+  images = transforms.prepare_eval_image(image, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                                         min_size=min_size, max_size=max_size)  # [h, w, 3]
   return {
-      "images": targets_lib.normalize_image(image, pixel_mean=pixel_mean,
-                                            pixel_std=pixel_std),  # [h, w, 3]
-      "image_size": np.array((input_h, input_w), np.int32),
-      "output_size": np.array((height, width), np.int32),
+      "images": images,
+      "image_size": np.array(images.shape[:2], np.int32),
+      "output_size": np.array(image.shape[:2], np.int32),
       "example_valid": slot >= 0,
       "image_id": record["image_id"],
       "annotations": record,
@@ -235,23 +224,12 @@ def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel
 
 def _collate_eval(examples: Sequence[dict[str, Any]], *, size_divisibility: int,
                   pad_size: tuple[int, int] | None) -> dict[str, Any]:
-  sizes = np.stack([e["image_size"] for e in examples])  # [B, 2]
-  if pad_size is None:
-    pad_h, pad_w = -(-sizes.max(axis=0) // size_divisibility) * size_divisibility
-  else:
-    pad_h, pad_w = pad_size
-    if (sizes > (pad_h, pad_w)).any() or pad_h % size_divisibility or pad_w % size_divisibility:
-      raise ValueError(f"pad_size {pad_size} must be multiples of {size_divisibility} holding "
-                       f"every input size; largest in this batch: {sizes.max(axis=0)}")
-  images = np.zeros((len(examples), pad_h, pad_w, 3), np.float32)  # [B, H, W, 3]
-  padding_mask = np.zeros((len(examples), pad_h, pad_w), bool)  # [B, H, W]
-  for i, (e, (h, w)) in enumerate(zip(examples, sizes)):
-    images[i, :h, :w] = e["images"]
-    padding_mask[i, :h, :w] = True
+  images, padding_mask = transforms.pad_images(
+      [e["images"] for e in examples], size_divisibility=size_divisibility, pad_size=pad_size)
   return {
       "images": images,
       "padding_mask": padding_mask,
-      "image_size": sizes,
+      "image_size": np.stack([e["image_size"] for e in examples]),
       "output_size": np.stack([e["output_size"] for e in examples]),
       "example_valid": np.array([e["example_valid"] for e in examples]),
       "image_id": np.array([e["image_id"] for e in examples], np.int64),

@@ -29,7 +29,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from m2f_jax.evaluation.panoptic import id2rgb
+from m2f_jax.data.panoptic_png import id2rgb
 
 # COCO-panoptic-style category list; "id" is also the contiguous class index.
 CATEGORIES = (

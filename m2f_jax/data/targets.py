@@ -69,10 +69,23 @@ def _panoptic_targets(record, things_only):
           panoptic[None] == ids[:, None, None])
 
 
+def instance_annotations(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The record's instances, or the thing segments of its panoptic map (crowd kept).
+
+  Returns {"masks": uint8 [N, H, W], "category_id": int32 [N], "iscrowd": bool [N]}.
+  """
+  if "instances" in record:
+    return record["instances"]
+  panoptic, info = record["panoptic"], record["segments_info"]
+  things = np.asarray(info["isthing"], bool)
+  ids = np.asarray(info["id"])[things]
+  return {"masks": (panoptic[None] == ids[:, None, None]).astype(np.uint8),  # [N, H, W]
+          "category_id": np.asarray(info["category_id"], np.int32)[things],
+          "iscrowd": np.asarray(info["iscrowd"], bool)[things]}
+
+
 def _instance_targets(record):
-  if "instances" not in record:
-    return _panoptic_targets(record, things_only=True)
-  instances = record["instances"]
+  instances = instance_annotations(record)
   keep = ~np.asarray(instances["iscrowd"], bool)
   return (np.asarray(instances["category_id"], np.int32)[keep],
           np.asarray(instances["masks"], bool)[keep])

@@ -47,7 +47,6 @@ import PIL.Image
 
 from m2f_jax.data import targets as targets_lib
 
-AUGMENTATIONS = ("synthetic", "coco_lsj", "ade20k_semantic", "cityscapes")
 # Image padding (uint8 RGB) of Detectron2's FixedSizeCrop and the semantic / panoptic mappers.
 OFFICIAL_IMAGE_PAD_VALUE = 128
 LSJ_SCALE_RANGE = (0.1, 2.0)
@@ -340,6 +339,42 @@ def shortest_edge_crop_augment(
   return out
 
 
+def _synthetic_recipe(record, rng, *, image_size, flip, scale_range, min_size_train,
+                      max_size_train, single_category_max_area, ignore_label):
+  del min_size_train, max_size_train, single_category_max_area
+  return synthetic_augment(record, rng, image_size=image_size, flip=flip,
+                           scale_range=scale_range, ignore_label=ignore_label)
+
+
+def _lsj_recipe(record, rng, *, image_size, flip, scale_range, min_size_train,
+                max_size_train, single_category_max_area, ignore_label):
+  del min_size_train, max_size_train, single_category_max_area
+  return lsj_augment(record, rng, image_size=image_size,
+                     scale_range=tuple(scale_range or LSJ_SCALE_RANGE), flip=flip,
+                     ignore_label=ignore_label)
+
+
+def _shortest_edge_recipe(record, rng, *, image_size, flip, scale_range, min_size_train,
+                          max_size_train, single_category_max_area, ignore_label):
+  del scale_range
+  return shortest_edge_crop_augment(
+      record, rng, image_size=image_size,
+      min_sizes=tuple(min_size_train or default_min_sizes(image_size)),
+      max_size=max_size_train or 4 * max(image_size),
+      single_category_max_area=single_category_max_area, flip=flip,
+      ignore_label=ignore_label)
+
+
+# Recipe name (`data.augmentation`) -> its function (see the module docstring).
+RECIPES = {
+    "synthetic": _synthetic_recipe,
+    "coco_lsj": _lsj_recipe,
+    "ade20k_semantic": _shortest_edge_recipe,
+    "cityscapes": _shortest_edge_recipe,
+}
+AUGMENTATIONS = tuple(RECIPES)
+
+
 def augment(record: Mapping[str, Any], rng: np.random.Generator, *,
             image_size: tuple[int, int], augmentation: str = "synthetic", flip: bool = True,
             scale_range: tuple[float, float] | None = None,
@@ -359,19 +394,56 @@ def augment(record: Mapping[str, Any], rng: np.random.Generator, *,
     single_category_max_area: crop constraint of "ade20k_semantic" / "cityscapes".
     ignore_label: semantic label of unlabeled pixels (and of padding).
   """
-  image_size = tuple(int(s) for s in image_size)
-  if augmentation == "synthetic":
-    return synthetic_augment(record, rng, image_size=image_size, flip=flip,
-                             scale_range=scale_range, ignore_label=ignore_label)
-  if augmentation == "coco_lsj":
-    return lsj_augment(record, rng, image_size=image_size,
-                       scale_range=tuple(scale_range or LSJ_SCALE_RANGE), flip=flip,
-                       ignore_label=ignore_label)
-  if augmentation in ("ade20k_semantic", "cityscapes"):
-    return shortest_edge_crop_augment(
-        record, rng, image_size=image_size,
-        min_sizes=tuple(min_size_train or default_min_sizes(image_size)),
-        max_size=max_size_train or 4 * max(image_size),
-        single_category_max_area=single_category_max_area, flip=flip,
-        ignore_label=ignore_label)
-  raise ValueError(f"unknown augmentation {augmentation!r}: use one of {AUGMENTATIONS}")
+  if augmentation not in RECIPES:
+    raise ValueError(f"unknown augmentation {augmentation!r}: use one of {AUGMENTATIONS}")
+  return RECIPES[augmentation](
+      record, rng, image_size=tuple(int(s) for s in image_size), flip=flip,
+      scale_range=scale_range, min_size_train=min_size_train, max_size_train=max_size_train,
+      single_category_max_area=single_category_max_area, ignore_label=ignore_label)
+
+
+# ------------------------------------------------------------------------------------------
+# Test time: the official resize, normalization and padding (evaluation and predict)
+# ------------------------------------------------------------------------------------------
+
+
+def eval_resize_size(height: int, width: int, min_size: int | None,
+                     max_size: int | None) -> tuple[int, int]:
+  """The official test-time `ResizeShortestEdge(min_size, max_size)`; None: no resize."""
+  if not min_size:
+    return height, width
+  return resize_shortest_edge_size(height, width, min_size, max_size)
+
+
+def prepare_eval_image(image: np.ndarray, *, pixel_mean: Sequence[float],
+                       pixel_std: Sequence[float], min_size: int | None = None,
+                       max_size: int | None = None) -> np.ndarray:
+  """uint8 [H, W, 3] -> resized (the official test-time rule) and normalized float32 [h, w, 3]."""
+  height, width = image.shape[:2]
+  input_h, input_w = eval_resize_size(height, width, min_size, max_size)
+  if (input_h, input_w) != (height, width):
+    image = resize_image(image, input_h, input_w)
+  return targets_lib.normalize_image(image, pixel_mean=pixel_mean, pixel_std=pixel_std)
+
+
+def pad_images(images: Sequence[np.ndarray], *, size_divisibility: int = 32,
+               pad_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Normalized [h_i, w_i, 3] images -> (float32 [B, H, W, 3], bool padding mask [B, H, W]).
+
+  Pads with 0 (the mean after normalization, as Detectron2's `ImageList.from_tensors`) to
+  the largest size rounded up to `size_divisibility`, or to `pad_size`.
+  """
+  sizes = np.array([im.shape[:2] for im in images]).reshape(-1, 2)  # [B, 2]
+  if pad_size is None:
+    pad_h, pad_w = -(-sizes.max(axis=0) // size_divisibility) * size_divisibility
+  else:
+    pad_h, pad_w = pad_size
+    if (sizes > (pad_h, pad_w)).any() or pad_h % size_divisibility or pad_w % size_divisibility:
+      raise ValueError(f"pad_size {pad_size} must be multiples of {size_divisibility} holding "
+                       f"every input size; largest in this batch: {sizes.max(axis=0)}")
+  out = np.zeros((len(images), pad_h, pad_w, 3), np.float32)  # [B, H, W, 3]
+  padding_mask = np.zeros((len(images), pad_h, pad_w), bool)  # [B, H, W]
+  for i, (image, (h, w)) in enumerate(zip(images, sizes)):
+    out[i, :h, :w] = image
+    padding_mask[i, :h, :w] = True
+  return out, padding_mask

@@ -1,28 +1,112 @@
-"""Metrics with Detectron2's report names, in percent.
+"""Metrics with Detectron2's report names, in percent; numpy, Pillow and pycocotools, no JAX.
 
   semantic.SemanticEvaluator  -> {"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC"}}
-  panoptic.PanopticEvaluator  -> {"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "RQ_st"}}
+  pq.PanopticEvaluator        -> {"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "RQ_st"}}
   instance.InstanceEvaluator  -> {"segm": {"AP", "AP50", "AP75", "APs", "APm", "APl"}}
 
 Each is streaming: `update(...)` per image (keyword-only), `compute()` at the end, `merge`
-to combine evaluators of several processes. The modules import numpy, Pillow and pycocotools,
-not JAX. `python -m m2f_jax.evaluation.panoptic --help` evaluates panoptic predictions on disk.
+to combine evaluators of several processes. `EVALUATORS` maps the names that
+`config.eval.evaluators` lists to them, each with the post-processing output it needs;
+`make_evaluators` builds them behind one interface (`ImageEvaluator`: a post-processed result
+and an annotation record in, a report section out), so a new metric is one new entry.
+
+CLIs over files on disk: `python -m m2f_jax.evaluation.panoptic --help` (PQ of
+COCO-panoptic-format predictions).
 """
 
-import importlib
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from typing import Any
 
-# Imported on first use, so that `python -m m2f_jax.evaluation.panoptic` does not find its own
-# module already imported by the package.
-_EXPORTS = {
-    "InstanceEvaluator": "instance", "mask_to_rle": "instance",
-    "PanopticEvaluator": "panoptic", "pq_compute_files": "panoptic", "pq_stats": "panoptic",
-    "SemanticEvaluator": "semantic", "confusion_matrix": "semantic",
-    "semantic_metrics": "semantic",
+from m2f_jax.data import targets
+from m2f_jax.evaluation import instance
+from m2f_jax.evaluation import pq
+from m2f_jax.evaluation import semantic
+
+
+def _update_semantic(metric, result, annotation, image_id):
+  del image_id
+  if "semantic" in annotation:
+    metric.update(pred=result["sem_seg"], gt=annotation["semantic"])
+
+
+def _update_panoptic(metric, result, annotation, image_id):
+  info = annotation["segments_info"]
+  gt_segments = [{"id": int(s), "category_id": int(c), "iscrowd": int(cr)}
+                 for s, c, cr in zip(info["id"], info["category_id"], info["iscrowd"])]
+  pred_ids, pred_segments = result["panoptic_seg"]
+  metric.update(gt_ids=annotation["panoptic"], gt_segments=gt_segments, pred_ids=pred_ids,
+                pred_segments=pred_segments, image_id=image_id)
+
+
+def _update_instance(metric, result, annotation, image_id):
+  gt = targets.instance_annotations(annotation)
+  r = result["instances"]
+  metric.update(image_id=image_id, pred_masks=r["masks"], pred_scores=r["scores"],
+                pred_classes=r["classes"], gt_masks=gt["masks"], gt_classes=gt["category_id"],
+                gt_iscrowd=gt["iscrowd"])
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorSpec:
+  """One metric: the post-processing output it reads, how to build and feed it.
+
+  Attributes:
+    needs: the key of `inference.postprocess` results it reads ("sem_seg", "panoptic_seg"
+      or "instances").
+    make: `make(categories=..., ignore_label=...)` -> the streaming metric.
+    update: `update(metric, result, annotation, image_id)` for one image.
+  """
+  needs: str
+  make: Callable[..., Any]
+  update: Callable[[Any, Mapping[str, Any], Mapping[str, Any], int], None]
+
+
+EVALUATORS: dict[str, EvaluatorSpec] = {
+    "semantic": EvaluatorSpec(
+        needs="sem_seg",
+        make=lambda *, categories, ignore_label: semantic.SemanticEvaluator(
+            num_classes=len(categories), ignore_label=ignore_label,
+            class_names=[c["name"] for c in categories]),
+        update=_update_semantic),
+    "panoptic": EvaluatorSpec(
+        needs="panoptic_seg",
+        make=lambda *, categories, ignore_label: pq.PanopticEvaluator(categories=categories),
+        update=_update_panoptic),
+    "instance": EvaluatorSpec(
+        needs="instances",
+        make=lambda *, categories, ignore_label: instance.InstanceEvaluator(
+            categories=categories),
+        update=_update_instance),
 }
-__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-  if name not in _EXPORTS:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+class ImageEvaluator:
+  """One metric of `EVALUATORS` behind the update / merge / compute interface."""
+
+  def __init__(self, name: str, *, categories: Sequence[Mapping[str, Any]],
+               ignore_label: int = 255):
+    if name not in EVALUATORS:
+      raise ValueError(f"unknown evaluator {name!r} in eval.evaluators: use any of "
+                       f"{sorted(EVALUATORS)}")
+    self.name = name  # the spec is looked up by name: evaluators pickle (multi-host merge)
+    self.metric = self.spec.make(categories=categories, ignore_label=ignore_label)
+
+  @property
+  def spec(self) -> EvaluatorSpec:
+    return EVALUATORS[self.name]
+
+  def update(self, *, result: Mapping[str, Any], annotation: Mapping[str, Any],
+             image_id: int):
+    self.spec.update(self.metric, result, annotation, image_id)
+
+  def merge(self, other: "ImageEvaluator"):
+    self.metric.merge(other.metric)
+
+  def compute(self) -> dict[str, dict[str, float]]:
+    return self.metric.compute()
+
+
+def make_evaluators(names: Sequence[str], *, categories: Sequence[Mapping[str, Any]],
+                    ignore_label: int = 255) -> list[ImageEvaluator]:
+  return [ImageEvaluator(n, categories=categories, ignore_label=ignore_label) for n in names]

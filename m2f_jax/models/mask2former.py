@@ -9,6 +9,7 @@ decoder), `transformer_module` (queries, masked-attention decoder, mask head) an
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -102,3 +103,9 @@ def build_model(cfg: ml_collections.ConfigDict) -> Mask2Former:
   return Mask2Former(
       pixel_level_module=PixelLevelModule(encoder=backbone, decoder=pixel_decoder),
       transformer_module=transformer, num_classes=cfg.num_classes, dtype=dtype)
+
+
+def abstract_variables(model: Mask2Former):
+  """The variable tree of `model` as ShapeDtypeStructs (nothing is computed or allocated)."""
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                           jnp.zeros((1, 64, 64, 3), jnp.float32)))

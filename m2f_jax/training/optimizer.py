@@ -53,7 +53,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
       raise ValueError(f"optim.lr_schedule must be 'poly' or 'step', got {cfg.lr_schedule!r}")
     if cfg.warmup_steps:  # Detectron2's linear warm-up: warmup_factor -> 1 over warmup_steps
       alpha = step / cfg.warmup_steps
-      factor = cfg.get("warmup_factor", 1.0)
+      factor = cfg.warmup_factor
       warmup = jnp.where(step < cfg.warmup_steps, factor * (1.0 - alpha) + alpha, 1.0)
     else:
       warmup = 1.0

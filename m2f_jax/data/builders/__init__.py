@@ -15,7 +15,7 @@ Nothing is ever downloaded: `builder.download_and_prepare(download_config=
 tfds.download.DownloadConfig(manual_dir=SOURCE))` reads the release from SOURCE (each
 builder's `MANUAL_DOWNLOAD_INSTRUCTIONS` gives the layout) and writes array_record files
 under the builder's `data_dir`; `builder.as_data_source()[split]` reads them without
-TensorFlow. `m2f_jax.data.prepare(config.data)` does this from a config.
+TensorFlow. `m2f_jax.data.prepare_dataset(config.data)` does this from a config.
 
 Bad input: a file that cannot become an example (missing, corrupt or truncated, of the wrong
 size, with an unknown category, an image without annotation) raises `BadInputError` naming
@@ -42,8 +42,8 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from m2f_jax.evaluation.panoptic import id2rgb
-from m2f_jax.evaluation.panoptic import rgb2id
+from m2f_jax.data.panoptic_png import id2rgb
+from m2f_jax.data.panoptic_png import rgb2id
 
 ON_ERROR = ("fail", "skip")
 IGNORE_LABEL = 255

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from m2f_jax.data import builders
-from m2f_jax.evaluation.panoptic import id2rgb
+from m2f_jax.data.panoptic_png import id2rgb
 
 SPLITS = {"train": "train", "validation": "val"}  # split -> Cityscapes folder name
 _IMAGE_SUFFIX = "_leftImg8bit.png"

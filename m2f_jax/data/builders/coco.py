@@ -203,15 +203,33 @@ def _image_id(image_info: dict[str, Any], index: int) -> int:
   return int(image_id) if isinstance(image_id, (int, np.integer)) else index
 
 
-def _features(annotations: dict[str, tfds.features.FeatureConnector]
-              ) -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
-      # JPEG files are kept as they are; other images are stored as RGB PNG.
-      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-      **annotations,
-      "image_id": np.int64,
-      "file_name": tfds.features.Text(),
-  })
+def _info(builder, *, panoptic: bool, homepage: str,
+          annotations: dict[str, tfds.features.FeatureConnector]) -> tfds.core.DatasetInfo:
+  """The DatasetInfo of both builders: the image, `annotations`, ids, the categories."""
+  release = PANOPTIC_CATEGORIES if panoptic else INSTANCE_CATEGORIES
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=__doc__,
+      homepage=homepage,
+      features=tfds.features.FeaturesDict({
+          # JPEG files are kept as they are; other images are stored as RGB PNG.
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+          **annotations,
+          "image_id": np.int64,
+          "file_name": tfds.features.Text(),
+      }),
+      metadata=builders.metadata(
+          categories=list(release) if builder.builder_config.files is None else []),
+  )
+
+
+def _split_generators(builder, dl_manager, *, panoptic: bool):
+  """{split: examples} of both builders: files checked, JSONs read, categories agreed."""
+  files = _split_files(builder, dl_manager, panoptic=panoptic)
+  datasets = {split: _load_json(f["json_file"]) for split, f in files.items()}
+  categories = _categories(builder, files, datasets, panoptic=panoptic)
+  return {split: builder._generate_examples(split, files[split], datasets[split], categories)  # pylint: disable=protected-access
+          for split in files}
 
 
 class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -224,28 +242,20 @@ class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    release = self.builder_config.files is None
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        homepage="https://cocodataset.org/#panoptic-2020",
-        features=_features({
-            # COCO's RGB encoding of segment ids: id = R + 256 G + 256^2 B.
-            "panoptic": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "semantic": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-            "segments_info": tfds.features.Sequence({
-                "id": np.int32, "category_id": np.int32,
-                "iscrowd": np.bool_, "isthing": np.bool_}),
-        }),
-        metadata=builders.metadata(categories=list(PANOPTIC_CATEGORIES) if release else []),
-    )
+    return _info(self, panoptic=True, homepage="https://cocodataset.org/#panoptic-2020",
+                 annotations={
+                     # COCO's RGB encoding of segment ids: id = R + 256 G + 256^2 B.
+                     "panoptic": tfds.features.Image(shape=(None, None, 3),
+                                                     encoding_format="png"),
+                     "semantic": tfds.features.Image(shape=(None, None, 1),
+                                                     encoding_format="png"),
+                     "segments_info": tfds.features.Sequence({
+                         "id": np.int32, "category_id": np.int32,
+                         "iscrowd": np.bool_, "isthing": np.bool_}),
+                 })
 
   def _split_generators(self, dl_manager):
-    files = _split_files(self, dl_manager, panoptic=True)
-    datasets = {split: _load_json(f["json_file"]) for split, f in files.items()}
-    categories = _categories(self, files, datasets, panoptic=True)
-    return {split: self._generate_examples(split, files[split], datasets[split], categories)
-            for split in files}
+    return _split_generators(self, dl_manager, panoptic=True)
 
   def _generate_examples(self, split, files, dataset, categories):
     json_file = files["json_file"]
@@ -312,25 +322,16 @@ class CocoInstance(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    release = self.builder_config.files is None
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        homepage="https://cocodataset.org/#detection-2020",
-        features=_features({
-            "instances": tfds.features.Sequence({
-                "masks": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "category_id": np.int32, "iscrowd": np.bool_}),
-        }),
-        metadata=builders.metadata(categories=list(INSTANCE_CATEGORIES) if release else []),
-    )
+    return _info(self, panoptic=False, homepage="https://cocodataset.org/#detection-2020",
+                 annotations={
+                     "instances": tfds.features.Sequence({
+                         "masks": tfds.features.Image(shape=(None, None, 1),
+                                                      encoding_format="png"),
+                         "category_id": np.int32, "iscrowd": np.bool_}),
+                 })
 
   def _split_generators(self, dl_manager):
-    files = _split_files(self, dl_manager, panoptic=False)
-    datasets = {split: _load_json(f["json_file"]) for split, f in files.items()}
-    categories = _categories(self, files, datasets, panoptic=False)
-    return {split: self._generate_examples(split, files[split], datasets[split], categories)
-            for split in files}
+    return _split_generators(self, dl_manager, panoptic=False)
 
   def _generate_examples(self, split, files, dataset, categories):
     json_file = files["json_file"]

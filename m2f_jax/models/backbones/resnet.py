@@ -25,14 +25,12 @@ never sees them).
 Flax names mirror transformers' state dict of `ResNetBackbone` (prefix
 `model.pixel_level_module.encoder.` inside Mask2Former): `embedder/embedder/{convolution,
 normalization}`, `encoder/stages_i/layers_j/layer_k/{convolution,normalization}` and
-`encoder/stages_i/layers_j/shortcut/{convolution,normalization}`.
-`torchvision_to_hf_names` and `detectron2_resnet_to_hf_names` rename the other two formats
-to those names.
+`encoder/stages_i/layers_j/shortcut/{convolution,normalization}`. The torchvision and
+Detectron2 names map to those in `m2f_jax/convert/names.py`.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 import functools
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -300,105 +298,3 @@ def resnet101(**kwargs) -> ResNet:
   """Mask2Former's R101: as `resnet50` with 23 layers in res4."""
   return ResNet(depths=(3, 4, 23, 3), hidden_sizes=(256, 512, 1024, 2048), embedding_size=64,
                 **kwargs)
-
-
-# ----------------------------------------------------------------------------------------
-# Renaming other ResNet checkpoint formats to transformers' ResNetBackbone names.
-# ----------------------------------------------------------------------------------------
-
-_BN_LEAVES = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-
-_TORCHVISION_RULES = (
-    (re.compile(r"^conv1\.weight$"), lambda m: "embedder.embedder.convolution.weight"),
-    (re.compile(rf"^bn1\.{_BN_LEAVES}$"),
-     lambda m: f"embedder.embedder.normalization.{m[1]}"),
-    (re.compile(r"^layer([1-4])\.(\d+)\.conv([1-3])\.weight$"),
-     lambda m: f"{_layer(m[1], 1, m[2])}.layer.{int(m[3]) - 1}.convolution.weight"),
-    (re.compile(rf"^layer([1-4])\.(\d+)\.bn([1-3])\.{_BN_LEAVES}$"),
-     lambda m: f"{_layer(m[1], 1, m[2])}.layer.{int(m[3]) - 1}.normalization.{m[4]}"),
-    (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"),
-     lambda m: f"{_layer(m[1], 1, m[2])}.shortcut.convolution.weight"),
-    (re.compile(rf"^layer([1-4])\.(\d+)\.downsample\.1\.{_BN_LEAVES}$"),
-     lambda m: f"{_layer(m[1], 1, m[2])}.shortcut.normalization.{m[3]}"),
-)
-_TORCHVISION_DROP = re.compile(r"^fc\.")
-
-_DETECTRON2_RULES = (
-    (re.compile(r"^stem\.conv1\.weight$"), lambda m: "embedder.embedder.convolution.weight"),
-    (re.compile(rf"^stem\.conv1\.norm\.{_BN_LEAVES}$"),
-     lambda m: f"embedder.embedder.normalization.{m[1]}"),
-    (re.compile(r"^res([2-5])\.(\d+)\.conv([1-3])\.weight$"),
-     lambda m: f"{_layer(m[1], 2, m[2])}.layer.{int(m[3]) - 1}.convolution.weight"),
-    (re.compile(rf"^res([2-5])\.(\d+)\.conv([1-3])\.norm\.{_BN_LEAVES}$"),
-     lambda m: f"{_layer(m[1], 2, m[2])}.layer.{int(m[3]) - 1}.normalization.{m[4]}"),
-    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.weight$"),
-     lambda m: f"{_layer(m[1], 2, m[2])}.shortcut.convolution.weight"),
-    (re.compile(rf"^res([2-5])\.(\d+)\.shortcut\.norm\.{_BN_LEAVES}$"),
-     lambda m: f"{_layer(m[1], 2, m[2])}.shortcut.normalization.{m[3]}"),
-)
-# Detectron2's tools/convert-torchvision-to-d2.py files the ImageNet classifier as stem.fc.
-_DETECTRON2_DROP = re.compile(r"^(stem\.)?(fc|linear)\.")
-
-
-def _layer(stage: str, first: int, index: str) -> str:
-  return f"encoder.stages.{int(stage) - first}.layers.{int(index)}"
-
-
-def _rename(state_dict: Mapping[str, Any], rules, drop: re.Pattern[str], source: str,
-            strip_prefix: str = "") -> dict[str, Any]:
-  # Imported here: m2f_jax.convert imports this module, and models must not need convert.
-  from m2f_jax.convert.core import ConversionError  # pylint: disable=g-import-not-at-top
-  out: dict[str, Any] = {}
-  unknown = []
-  for name, value in state_dict.items():
-    key = name[len(strip_prefix):] if strip_prefix and name.startswith(strip_prefix) else name
-    if drop.search(key):
-      continue
-    for pattern, new_name in rules:
-      m = pattern.match(key)
-      if m:
-        target = new_name(m)
-        if target in out:
-          raise ConversionError(f"{source}: two tensors map to {target!r} (the second is "
-                                f"{name!r}); is a prefix applied twice?")
-        out[target] = value
-        break
-    else:
-      unknown.append(name)
-  if unknown:
-    raise ConversionError(
-        f"{source}: tensors that are not part of a ResNet backbone (select the backbone's "
-        f"tensors before renaming):\n  " + "\n  ".join(sorted(unknown)))
-  return out
-
-
-def torchvision_to_hf_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Renames a torchvision ResNet state dict to transformers' `ResNetBackbone` names.
-
-  `conv1`/`bn1` -> `embedder.embedder.{convolution,normalization}`,
-  `layer{s}.{j}.conv{k}`/`bn{k}` -> `encoder.stages.{s-1}.layers.{j}.layer.{k-1}.*`,
-  `layer{s}.{j}.downsample.0`/`.1` -> `...shortcut.{convolution,normalization}`; the
-  classifier `fc.*` is dropped. Values pass through untouched; names carry no prefix.
-
-  Raises:
-    ConversionError: naming every tensor that is not part of a torchvision ResNet.
-  """
-  return _rename(state_dict, _TORCHVISION_RULES, _TORCHVISION_DROP, "torchvision ResNet")
-
-
-def detectron2_resnet_to_hf_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Renames a Detectron2 ResNet state dict to transformers' `ResNetBackbone` names.
-
-  Accepts the names of a full Detectron2 model (`backbone.stem.conv1.weight`, ...) and of
-  an ImageNet-pretrained `R-50.pkl` (`stem.conv1.weight`, ...): `stem.conv1[.norm]` ->
-  `embedder.embedder.{convolution,normalization}`, `res{s}.{j}.conv{k}[.norm]` ->
-  `encoder.stages.{s-2}.layers.{j}.layer.{k-1}.*`, `res{s}.{j}.shortcut[.norm]` ->
-  `...shortcut.{convolution,normalization}`; a classifier (`stem.fc.*`, `fc.*`,
-  `linear.*`) is dropped. Values pass through untouched; names carry no prefix.
-
-  Raises:
-    ConversionError: naming every tensor that is not part of a Detectron2 ResNet (pass
-      only the `backbone.*` tensors of a full model).
-  """
-  return _rename(state_dict, _DETECTRON2_RULES, _DETECTRON2_DROP, "Detectron2 ResNet",
-                 strip_prefix="backbone.")

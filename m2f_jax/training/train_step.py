@@ -1,0 +1,106 @@
+"""The train state and the train step: forward, matching + criterion, backward, optax update.
+
+`make_train_step(model, tx, config)` returns a pure `step(state, batch) -> (state, metrics)`
+that the caller jit-compiles over its mesh (`m2f_jax.sharding`); the loss is normalized by
+the number of target masks in the global batch, which under jit over global arrays is a
+plain sum.
+"""
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from m2f_jax import criterion
+from m2f_jax.models.mask2former import build_model
+from m2f_jax.training import optimizer as optim_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def create_train_state(model, tx, rng, image_shape) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, *image_shape, 3), jnp.float32))
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), rng=state_rng)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict):
+  """`(model, optimizer, TrainState of ShapeDtypeStructs)` for a config."""
+  model = build_model(config.model)
+  image_shape = tuple(config.data.image_size)
+  params_shape = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape, 3))))["params"]
+  tx = optim_lib.make_optimizer(config.optim, params_shape)
+  abstract = jax.eval_shape(lambda r: create_train_state(model, tx, r, image_shape),
+                            jax.random.PRNGKey(0))
+  return model, tx, abstract
+
+
+def loss_kwargs(loss_cfg: ml_collections.ConfigDict) -> dict:
+  return dict(no_object_weight=loss_cfg.no_object_weight, class_weight=loss_cfg.class_weight,
+              mask_weight=loss_cfg.mask_weight, dice_weight=loss_cfg.dice_weight,
+              num_points=loss_cfg.train_num_points, oversample_ratio=loss_cfg.oversample_ratio,
+              importance_sample_ratio=loss_cfg.importance_sample_ratio,
+              deep_supervision=loss_cfg.deep_supervision)
+
+
+def make_train_step(model, tx, config: ml_collections.ConfigDict):
+  """`step(state, batch) -> (state, metrics)`, to be jit-compiled by the caller."""
+  kwargs = loss_kwargs(config.loss)
+  schedule = optim_lib.learning_rate_schedule(config.optim)
+
+  def forward(params, batch_stats, images, rng):
+    variables = {"params": params, "batch_stats": batch_stats}
+    return model.apply(variables, images, train=True, rngs={"dropout": rng})
+
+  if config.train.remat:  # keep matmul outputs, recompute the rest in the backward pass
+    forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
+
+  def step(state: TrainState, batch: dict):
+    rng, dropout_rng, point_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    targets = {k: batch[k] for k in ("labels", "masks", "valid")}
+    num_masks = criterion.count_masks(batch["valid"])  # global batch: arrays are global
+
+    def loss_fn(params):
+      outputs = forward(params, state.batch_stats, batch["images"], dropout_rng)
+      losses = criterion.set_criterion(outputs=outputs, targets=targets, key=point_rng,
+                                       num_masks=num_masks, **kwargs)
+      return losses["total_loss"], losses
+
+    grads, losses = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(losses, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state.step), num_masks=num_masks)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+    return new_state, metrics
+
+  return step
+
+
+def check_finite(metrics: dict, step: int):
+  """Stops training on a NaN or infinite loss, naming the step and the term."""
+  bad = [k for k, v in metrics.items() if k.startswith(("loss", "total")) and not math.isfinite(v)]
+  if bad:
+    raise NonFiniteLossError(
+        f"step {step}: non-finite loss in {', '.join(sorted(bad))} "
+        f"({', '.join(f'{k}={metrics[k]}' for k in sorted(bad))}); lower optim.learning_rate, "
+        "check the data of this step, or resume from the last checkpoint")

@@ -1,0 +1,68 @@
+"""Configs (m2f_jax/config_lib.py, configs/*.py) and the dataset registry they draw on."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from m2f_jax import config_lib
+from m2f_jax import evaluation
+from m2f_jax.data import datasets
+from m2f_jax.data import transforms
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+VARIANTS = {
+    "tiny": [""], "coco_panoptic": ["r50", "swin_l"], "coco_instance": ["r50"],
+    "ade20k_semantic": ["r50", "swin_l"], "cityscapes_semantic": ["r50"],
+    "cityscapes_panoptic": ["r50"],
+}
+
+
+def _load(name: str, arg: str):
+  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _keys(tree, prefix=""):
+  out = set()
+  for k, v in tree.items():
+    out |= _keys(v, f"{prefix}{k}.") if hasattr(v, "items") else {f"{prefix}{k}"}
+  return out
+
+
+def test_every_config_file_is_listed():
+  assert {p.stem for p in (REPO / "configs").glob("*.py")} == set(VARIANTS)
+
+
+@pytest.mark.parametrize("name,arg", [(n, a) for n, args in VARIANTS.items() for a in args])
+def test_config_files_declare_no_fields_of_their_own(name, arg):
+  """Every field outside `model` is declared once, in config_lib; config files set values."""
+  config = _load(name, arg)
+  base = config_lib.base_config(model=config.model, dataset=config.data.dataset,
+                                task=config.data.task, max_steps=1)
+  assert _keys(config) == _keys(base)
+  assert config.data.augmentation in transforms.AUGMENTATIONS
+  assert set(config.eval.evaluators) <= set(evaluation.EVALUATORS)
+
+
+def test_dataset_specs_are_consistent():
+  for name, spec in datasets.DATASETS.items():
+    assert spec.name == name
+    assert spec.augmentation in transforms.AUGMENTATIONS
+    assert spec.task in ("semantic", "instance", "panoptic")
+    assert (spec.builder is None) != (spec.memory_source is None), name
+    assert set(spec.evaluators or ()) <= set(evaluation.EVALUATORS)
+
+
+def test_defaults_come_from_the_dataset_spec():
+  coco = config_lib.base_config(model=config_lib.model_config(config_lib.resnet_backbone(), 133),
+                                dataset="coco_panoptic", task="panoptic", max_steps=1)
+  assert coco.data.augmentation == "coco_lsj"
+  assert (coco.eval.min_size, coco.eval.max_size) == (800, 1333)
+  assert tuple(coco.eval.evaluators) == ("semantic", "panoptic", "instance")
+  cityscapes = config_lib.eval_config("cityscapes", "panoptic")
+  assert tuple(cityscapes.evaluators) == ("panoptic",)
+  with pytest.raises(ValueError, match="unknown data.dataset 'cocoo'.*coco_panoptic"):
+    config_lib.data_config("cocoo")
