@@ -21,10 +21,14 @@ config_flags.DEFINE_config_file("config", None, "Config file[:arg]; default: the
 flags.DEFINE_string("checkpoint", None, "Model or training-checkpoint directory.", required=True)
 flags.DEFINE_string("workdir", None, "Where eval_results.json and visualizations go.")
 flags.DEFINE_integer("max_images", None, "Evaluate only the first N validation images.")
+flags.DEFINE_bool("cpu_malloc", False, "CPU runs: re-execute this command once with glibc "
+                  "malloc settings that keep freed memory (faster steps, the peak memory "
+                  "stays held); see m2f_jax/host_malloc.py for the environment recipe.")
 
 
 def main(argv):
   del argv
+  host_malloc.apply_cpu_malloc_flag(flags.FLAGS.cpu_malloc)  # before JAX starts; opt-in
   from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
@@ -41,5 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  host_malloc.restart_with_cpu_malloc_settings()  # CPU runs: see m2f_jax/host_malloc.py
   app.run(main)
