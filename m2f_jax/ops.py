@@ -85,42 +85,49 @@ def top_k_indices(x: jnp.ndarray, k: int) -> jnp.ndarray:
   The same set as `jax.lax.top_k(x, k)[1]` (ties broken towards lower indices), listed in
   increasing index order rather than by value, for callers that only need which entries
   (e.g. the importance sampling of the losses, whose sums do not depend on the order).
-  On CPU it finds the k-th largest value by bisection over the float32 bit patterns (32
-  passes of compare-and-count) and gathers the selected positions with one scatter: 0.17 s
-  instead of XLA:CPU's TopK 0.48 s for [200, 37632], k = 9408 (the COCO loss of one step);
-  elsewhere it is `top_k` followed by a sort of the indices.
+  On GPU / TPU (every platform but the CPU) it is XLA's TopK followed by a sort of the
+  indices (`_top_k_indices_xla`). On CPU it finds the k-th largest value by bisection over
+  the float32 bit patterns (32 passes of compare-and-count) and gathers the selected positions
+  with one scatter (`_top_k_indices_bisection`): 0.17 s instead of XLA:CPU's TopK 0.48 s for
+  [200, 37632], k = 9408 (the COCO loss of one step). Chosen when lowered
+  (`jax.lax.platform_dependent`), not from the default backend.
   """
   n = x.shape[-1]
   if not 0 <= k <= n:
     raise ValueError(f"top_k_indices: k={k} must be in [0, {n}] for an input of shape {x.shape}.")
+  return jax.lax.platform_dependent(x, cpu=lambda x: _top_k_indices_bisection(x, k),
+                                    default=lambda x: _top_k_indices_xla(x, k))
 
-  def native(x):
-    return jnp.sort(jax.lax.top_k(x, k)[1], axis=-1).astype(jnp.int32)
 
-  def bisection(x):
-    # An int32 key with the order of the float32 values (NaN above +inf, as top_k does).
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-    key = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+def _top_k_indices_xla(x: jnp.ndarray, k: int) -> jnp.ndarray:
+  """`top_k_indices` on GPU / TPU: XLA's TopK, indices sorted. [..., n] -> [..., k]."""
+  return jnp.sort(jax.lax.top_k(x, k)[1], axis=-1).astype(jnp.int32)
 
-    def halve(_, bounds):  # invariant: count(key >= lo) >= k, the answer is in [lo, hi]
-      lo, hi = bounds
-      mid = (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
-      enough = jnp.sum(key >= mid[..., None], axis=-1) >= k
-      return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
 
-    low = jnp.full(x.shape[:-1], jnp.iinfo(jnp.int32).min, jnp.int32)
-    high = jnp.full(x.shape[:-1], jnp.iinfo(jnp.int32).max, jnp.int32)
-    kth, _ = jax.lax.fori_loop(0, 32, halve, (low, high))  # the k-th largest key
-    above = key > kth[..., None]
-    ties = key == kth[..., None]
-    missing = k - jnp.sum(above, axis=-1, keepdims=True)
-    selected = above | (ties & (jnp.cumsum(ties, axis=-1) <= missing))  # exactly k per row
-    rows = math.prod(x.shape[:-1])
-    slot = (jnp.cumsum(selected, axis=-1) - 1).reshape(rows, n) + (jnp.arange(rows) * k)[:, None]
-    slot = jnp.where(selected.reshape(rows, n), slot, rows * k)  # rows * k: out of range, dropped
-    positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
-    out = jnp.zeros((rows * k,), jnp.int32).at[slot.reshape(-1)].set(positions.reshape(-1),
-                                                                     mode="drop")
-    return out.reshape(*x.shape[:-1], k)
+def _top_k_indices_bisection(x: jnp.ndarray, k: int) -> jnp.ndarray:
+  """`top_k_indices` on CPU: bisection for the k-th largest, one scatter. [..., n] -> [..., k]."""
+  n = x.shape[-1]
+  # An int32 key with the order of the float32 values (NaN above +inf, as top_k does).
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+  key = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
 
-  return jax.lax.platform_dependent(x, cpu=bisection, default=native)
+  def halve(_, bounds):  # invariant: count(key >= lo) >= k, the answer is in [lo, hi]
+    lo, hi = bounds
+    mid = (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
+    enough = jnp.sum(key >= mid[..., None], axis=-1) >= k
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+  low = jnp.full(x.shape[:-1], jnp.iinfo(jnp.int32).min, jnp.int32)
+  high = jnp.full(x.shape[:-1], jnp.iinfo(jnp.int32).max, jnp.int32)
+  kth, _ = jax.lax.fori_loop(0, 32, halve, (low, high))  # the k-th largest key
+  above = key > kth[..., None]
+  ties = key == kth[..., None]
+  missing = k - jnp.sum(above, axis=-1, keepdims=True)
+  selected = above | (ties & (jnp.cumsum(ties, axis=-1) <= missing))  # exactly k per row
+  rows = math.prod(x.shape[:-1])
+  slot = (jnp.cumsum(selected, axis=-1) - 1).reshape(rows, n) + (jnp.arange(rows) * k)[:, None]
+  slot = jnp.where(selected.reshape(rows, n), slot, rows * k)  # rows * k: out of range, dropped
+  positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
+  out = jnp.zeros((rows * k,), jnp.int32).at[slot.reshape(-1)].set(positions.reshape(-1),
+                                                                   mode="drop")
+  return out.reshape(*x.shape[:-1], k)

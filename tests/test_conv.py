@@ -1,4 +1,8 @@
-"""m2f_jax.models.conv: every path against lax.conv_general_dilated, values and gradients."""
+"""m2f_jax.models.conv: every path against lax.conv_general_dilated, values and gradients;
+which path each platform lowers (XLA's own convolution everywhere but the CPU)."""
+
+import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -6,8 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from m2f_jax.models import conv
 from m2f_jax.models.conv import Conv
 from m2f_jax.models.conv import conv2d
+
+_cpu_conv2d = conv._cpu_conv2d  # pylint: disable=protected-access
 
 
 def _reference(x, kernel, stride, padding):
@@ -38,6 +45,52 @@ def test_conv2d_matches_xla_convolution_and_its_gradients(k, stride, padding, he
                             argnums=(0, 1))(x, kernel)
   for got, want in zip(grads, expected_grads):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,stride,padding,height,width", CASES)
+def test_cpu_path_matches_xla_convolution_and_its_gradients(k, stride, padding, height, width):
+  """The CPU branch called directly (whatever the test machine) against XLA's convolution."""
+  rng = np.random.default_rng(k * 100 + stride * 10 + padding + 1)
+  x = jnp.asarray(rng.standard_normal((2, height, width, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((k, k, 3, 4)), jnp.float32)
+  expected = _reference(x, kernel, stride, padding)
+  cotangent = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+  for fn in (_cpu_conv2d, conv._xla_conv):  # pylint: disable=protected-access
+    out, vjp = jax.vjp(functools.partial(fn, stride=stride, padding=padding), x, kernel)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    _, expected_vjp = jax.vjp(lambda x, w: _reference(x, w, stride, padding), x, kernel)
+    for got, want in zip(vjp(cotangent), expected_vjp(cotangent)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+_SWITCH_OPS = {"stablehlo.case", "stablehlo.return", "stablehlo.constant"}
+
+
+def _stablehlo_ops(fn, *args, platform):
+  """The StableHLO op names of `fn` lowered for `platform` (no device of that kind needed)."""
+  text = jax.export.export(jax.jit(fn), platforms=(platform,))(*args).mlir_module()
+  # Without the platform switch's own ops (a `case` on a constant index, its `return`s).
+  return set(re.findall(r"\bstablehlo\.\w+", text)) - _SWITCH_OPS
+
+
+@pytest.mark.parametrize("k,stride,padding", [(1, 1, 0), (1, 2, 0), (4, 4, 0), (3, 2, 1)])
+def test_gpu_and_tpu_lower_xla_convolution_and_its_gradients(k, stride, padding):
+  """Off the CPU, forward and gradients are exactly what lax.conv_general_dilated lowers to."""
+  x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((k, k, 3, 4), jnp.float32)
+
+  def loss(conv_fn):
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_fn(x, w))), argnums=(0, 1))
+
+  ours = loss(lambda x, w: conv2d(x, w, stride=stride, padding=padding))
+  plain = loss(lambda x, w: _reference(x, w, stride, padding))
+  for platform in ("cuda", "rocm", "tpu"):
+    got = _stablehlo_ops(ours, x, kernel, platform=platform)
+    assert "stablehlo.convolution" in got and "stablehlo.dot_general" not in got, (platform, got)
+    assert got == _stablehlo_ops(plain, x, kernel, platform=platform), platform
+  cpu = _stablehlo_ops(ours, x, kernel, platform="cpu")
+  if k == 1 or k == stride:  # the CPU expresses these as matmuls
+    assert "stablehlo.dot_general" in cpu and "stablehlo.convolution" not in cpu, cpu
 
 
 def test_conv2d_jits_and_rejects_channel_mismatch():

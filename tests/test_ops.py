@@ -1,19 +1,26 @@
 """m2f_jax.ops: bilinear point sampling and the top-k selection.
 
 bilinear_sample against a direct per-point loop (no torch needed) and torch's `grid_sample`
-(values and gradients); top_k_indices against `jax.lax.top_k` with ties, NaN and infinities.
+(values and gradients); top_k_indices against `jax.lax.top_k` with ties, NaN and infinities,
+both of its branches (CPU bisection, XLA's TopK elsewhere) and which one each platform lowers.
 """
 
 import math
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from m2f_jax import ops
 from m2f_jax.ops import bilinear_sample
 from m2f_jax.ops import top_k_indices
 from tests import reference
+
+_top_k_xla = ops._top_k_indices_xla  # pylint: disable=protected-access
+_top_k_bisection = ops._top_k_indices_bisection  # pylint: disable=protected-access
 
 
 def _points(rng, batch, num_points):
@@ -119,3 +126,36 @@ def test_top_k_indices_orders_nan_and_infinities_like_top_k():
     np.testing.assert_array_equal(top_k_indices(x, k), np.sort(jax.lax.top_k(x, k)[1], -1))
   with pytest.raises(ValueError, match="k=8"):
     top_k_indices(x, 8)
+
+
+def test_top_k_indices_branches_agree():
+  """The CPU bisection and XLA's TopK (GPU / TPU) give the same indices, ties and NaN too."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, 4, 50)).astype(np.float32)
+  x[..., ::3] = np.round(x[..., ::3])  # many ties
+  x[0, 0, :4] = [np.nan, np.inf, -np.inf, -0.0]
+  for k in (0, 1, 7, 50):
+    xla = jax.jit(lambda x: _top_k_xla(x, k))(x)
+    bisection = jax.jit(lambda x: _top_k_bisection(x, k))(x)
+    np.testing.assert_array_equal(bisection, xla, err_msg=f"k={k}")
+    assert xla.dtype == bisection.dtype == np.int32
+
+
+_SWITCH_OPS = {"stablehlo.case", "stablehlo.return", "stablehlo.constant"}
+
+
+def _stablehlo_ops(fn, *args, platform):
+  """The StableHLO / CHLO op names of `fn` lowered for `platform` (no device needed)."""
+  text = jax.export.export(jax.jit(fn), platforms=(platform,))(*args).mlir_module()
+  # Without the platform switch's own ops (a `case` on a constant index, its `return`s).
+  return set(re.findall(r"\b((?:stablehlo|chlo)\.\w+)", text)) - _SWITCH_OPS
+
+
+def test_top_k_indices_is_xla_top_k_on_gpu_and_tpu():
+  x = jax.ShapeDtypeStruct((4, 30), jnp.float32)
+  for platform in ("cuda", "rocm", "tpu"):
+    got = _stablehlo_ops(lambda x: top_k_indices(x, 5), x, platform=platform)
+    assert "chlo.top_k" in got and "stablehlo.while" not in got, (platform, got)
+    assert got == _stablehlo_ops(lambda x: _top_k_xla(x, 5), x, platform=platform)
+  cpu = _stablehlo_ops(lambda x: top_k_indices(x, 5), x, platform="cpu")
+  assert "stablehlo.while" in cpu and "chlo.top_k" not in cpu, cpu  # the bisection

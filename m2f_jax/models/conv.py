@@ -2,23 +2,28 @@
 
 `Conv` is a drop-in for the `flax.linen.Conv` uses of this package (same variable names and
 shapes: `kernel` [kh, kw, C_in, C_out], `bias` [C_out]; symmetric zero padding as torch's
-`Conv2d(padding=p)`), so checkpoints and the weight-import tables are unaffected. What
-differs is how the convolution is expressed, chosen by shape:
+`Conv2d(padding=p)`), so checkpoints and the weight-import tables are unaffected.
+
+On GPU and TPU (every platform but the CPU) `conv2d` is XLA's own convolution,
+`lax.conv_general_dilated`, with its own gradients: nothing here was measured faster there.
+On CPU the convolution is expressed by shape, as measured on XLA:CPU (2 cores):
 
   * 1x1 kernels (most of a ResNet, every projection): a strided slice and one matmul over
-    channels. Measured on XLA:CPU (2 cores, [2, 128, 128, 256] -> 256): forward 2x and
-    forward + backward 2.7x faster than the equivalent `lax.conv_general_dilated`, whose
-    backward transposes the activations to a channels-first layout; on GPU / TPU a 1x1
-    convolution is the same matmul. The kernel gradient is oriented by hand (below).
+    channels ([2, 128, 128, 256] -> 256: forward 2x and forward + backward 2.7x faster than
+    `lax.conv_general_dilated`, whose backward transposes the activations to a channels-first
+    layout), with the kernel gradient oriented by hand (below).
   * non-overlapping patches (kernel = stride, no padding: Swin's patch embedding): a reshape
     into patches and one matmul.
   * other kernels: `lax.conv_general_dilated` forward and input gradient; the kernel gradient
-    is, on CPU, one matmul per kernel tap (the output gradient against the input slice under
-    that tap) instead of XLA:CPU's filter-gradient convolution ([2, 128, 128, 256] 3x3 ->
-    256: forward + backward 0.93 s -> 0.54 s); on other platforms XLA's own. The choice is
-    made when the step is lowered (`jax.lax.platform_dependent`), not from the default backend.
+    is one matmul per kernel tap (the output gradient against the input slice under that tap)
+    instead of XLA:CPU's filter-gradient convolution ([2, 128, 128, 256] 3x3 -> 256: forward +
+    backward 0.93 s -> 0.54 s).
 
-All three compute the same function as `lax.conv_general_dilated` up to float rounding.
+The choice is made when the computation is lowered (`jax.lax.platform_dependent`), not from
+the default backend, so a step lowered for a GPU on a CPU host (or exported for both) gets
+XLA's convolution there; lowered for one platform, only that platform's branch is compiled
+(the compiled CPU step is the same as without the switch). Every path computes the same
+function as `lax.conv_general_dilated` up to float rounding (tests/test_conv.py).
 """
 
 import functools
@@ -59,20 +64,13 @@ def _spatial_conv_bwd(stride, padding, residuals, grad):
   _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride, padding), x)
   (dx,) = input_vjp(grad)
 
-  def per_tap_matmuls(x, grad):  # [B, Ho, Wo, C_in] x [B, Ho, Wo, C_out] per tap
-    taps = _tap_inputs(x, kernel.shape, stride, padding, grad.shape[1:3])
-    # [C_out, C_in] per tap: XLA:CPU then transposes the output gradient once for all taps
-    # instead of each input slice.
-    dk = jnp.stack([jnp.einsum("BHWD,BHWC->DC", grad, tap, preferred_element_type=jnp.float32)
-                    for tap in taps])  # [kh * kw, C_out, C_in]
-    return dk.transpose(0, 2, 1).reshape(kernel.shape).astype(kernel.dtype)
-
-  def xla_filter_gradient(x, grad):
-    _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k, stride, padding), kernel)
-    return kernel_vjp(grad)[0]
-
-  dk = jax.lax.platform_dependent(x, grad, cpu=per_tap_matmuls, default=xla_filter_gradient)
-  return dx, dk
+  # The kernel gradient: one matmul per tap, [B, Ho, Wo, C_in] x [B, Ho, Wo, C_out] each.
+  taps = _tap_inputs(x, kernel.shape, stride, padding, grad.shape[1:3])
+  # [C_out, C_in] per tap: XLA:CPU then transposes the output gradient once for all taps
+  # instead of each input slice.
+  dk = jnp.stack([jnp.einsum("BHWD,BHWC->DC", grad, tap, preferred_element_type=jnp.float32)
+                  for tap in taps])  # [kh * kw, C_out, C_in]
+  return dx, dk.transpose(0, 2, 1).reshape(kernel.shape).astype(kernel.dtype)
 
 
 _spatial_conv.defvjp(_spatial_conv_fwd, _spatial_conv_bwd)
@@ -105,8 +103,22 @@ def _pointwise_bwd(residuals, grad):
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
+def _cpu_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """The CPU expression of `conv2d`, chosen by shape (see the module docstring)."""
+  kh, kw, _, _ = kernel.shape
+  batch, height, width, channels = x.shape
+  if kh == kw == 1 and padding == 0:
+    return _pointwise(x[:, ::stride, ::stride], kernel)
+  if kh == kw == stride and padding == 0 and height % kh == 0 and width % kw == 0:
+    patches = x.reshape(batch, height // kh, kh, width // kw, kw, channels)
+    return jnp.einsum("BHiWjC,ijCD->BHWD", patches, kernel)
+  return _spatial_conv(x, kernel, stride, padding)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
   """`torch.nn.functional.conv2d(x, kernel, stride=stride, padding=padding)` in NHWC / HWIO.
+
+  XLA's `lax.conv_general_dilated` on GPU / TPU; `_cpu_conv2d` on CPU (same values).
 
   Args:
     x: [B, H, W, C_in].
@@ -117,17 +129,13 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0
   Returns:
     [B, Ho, Wo, C_out] with Ho = (H + 2 * padding - kh) // stride + 1 (likewise Wo).
   """
-  kh, kw, c_in, c_out = kernel.shape
-  batch, height, width, channels = x.shape
-  if channels != c_in:
-    raise ValueError(f"conv2d: input {x.shape} has {channels} channels, kernel {kernel.shape} "
-                     f"expects {c_in} ([kh, kw, C_in, C_out]).")
-  if kh == kw == 1 and padding == 0:
-    return _pointwise(x[:, ::stride, ::stride], kernel)
-  if kh == kw == stride and padding == 0 and height % kh == 0 and width % kw == 0:
-    patches = x.reshape(batch, height // kh, kh, width // kw, kw, channels)
-    return jnp.einsum("BHiWjC,ijCD->BHWD", patches, kernel)
-  return _spatial_conv(x, kernel, stride, padding)
+  c_in = kernel.shape[2]
+  if x.shape[-1] != c_in:
+    raise ValueError(f"conv2d: input {x.shape} has {x.shape[-1]} channels, kernel "
+                     f"{kernel.shape} expects {c_in} ([kh, kw, C_in, C_out]).")
+  return jax.lax.platform_dependent(
+      x, kernel, cpu=lambda x, k: _cpu_conv2d(x, k, stride, padding),
+      default=lambda x, k: _xla_conv(x, k, stride, padding))
 
 
 class Conv(nn.Module):
