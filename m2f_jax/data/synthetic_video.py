@@ -66,8 +66,8 @@ def _random_tracks(rng: np.random.Generator, height: int, width: int, num_frames
   def make(category, cy, cx, vy, vx, size=None):
     size = synthetic.random_thing_size(rng, height, width) if size is None else size
     used = [int(np.argmin(((synthetic.PALETTE - t.colour) ** 2).sum(-1))) for t in tracks]
-    tracks.append(Track(category, cy, cx, vy, vx, size, rng.uniform(0.0, 2.0 * np.pi),
-                        rng.uniform(-0.15, 0.15), synthetic.thing_colour(rng, exclude=used)))
+    tracks.append(Track(category, cy, cx, vy, vx, size, synthetic.random_tilt(rng),
+                        rng.uniform(-0.03, 0.03), synthetic.thing_colour(rng, exclude=used)))
 
   def velocity(low=0.015, high=0.05):
     angle = rng.uniform(0.0, 2.0 * np.pi)
@@ -143,12 +143,8 @@ def generate_clip(index: int, *, split: str = "train", seed: int = 0,
     raise ValueError(f"num_frames must be >= 1, got {num_frames}")
   u = synthetic.unit(h, w)
   region, stuff = synthetic.stuff_layout(rng, h, w)
-  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # pixel centres, [H, W] each
-  background = np.zeros((h, w, 3), np.float32)
-  for i, category in enumerate(stuff):
-    cell = region == i
-    background[cell] = synthetic.paint_texture(synthetic.random_texture(category, rng, u),
-                                               yy[cell], xx[cell])
+  background = synthetic.paint_stuff(
+      region, [synthetic.random_texture(category, rng, u) for category in stuff])  # [H, W, 3]
   stuff_ids = region.astype(np.int32) + 1  # [H, W]
   tracks = _random_tracks(rng, h, w, t_len, max_things=max(2, max_things),
                           crossing_prob=crossing_prob)
