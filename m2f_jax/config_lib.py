@@ -138,8 +138,9 @@ def data_config(dataset: str, *, task: str | None = None,
       min_size_train=None,
       max_size_train=ml_collections.FieldReference(None, field_type=int),
       single_category_max_area=1.0,  # crop constraint of the semantic recipes (1.0: off)
-      # Input pipeline (grain), per process.
-      worker_count=4,              # worker processes (0: all in the training process)
+      # Input pipeline (grain), per process. In-process by default: with dense masks, worker
+      # processes measured slower (benchmarks/README.md, "Input pipeline").
+      worker_count=0,              # worker processes (0: all in the training process)
       read_threads=1,              # threads reading and transforming records
       prefetch=2,                  # batches buffered ahead
       # tfds datasets: where they are written and read, and how they are built.

@@ -1,8 +1,15 @@
-"""Runs colab/quickstart.ipynb headless on the CPU, in a kernel of this Python (nbclient).
+"""Runs colab/quickstart.ipynb headless on the CPU (nbclient), install cell included.
 
-The notebook trains the tiny model 100 steps, saves and reloads it, segments a validation image
-and displays the panoptic overlay; the test checks that every cell runs and that the overlay
-image is in the output. It also checks that the committed notebook has no outputs.
+As a Colab user runs it: the kernel is a fresh virtual environment in which `m2f_jax` does
+not import, and `M2F_JAX_SOURCE` is a `file://` git URL, so the install cell clones the
+repository and pip-installs it. The URL is a git repository of this working tree (committed
+or not). The environment sees this venv's installed packages (links to everything in its
+site-packages but m2f_jax), so pip finds every dependency installed and needs no network:
+`M2F_JAX_PIP_OPTIONS="--no-index --no-build-isolation"` (offline; build with the setuptools
+at hand). The notebook then trains the tiny model 100 steps from the installed package, saves
+and reloads it, segments a validation image and displays the panoptic overlay; the test checks
+that every cell runs, that m2f_jax came from the new installation, and that the overlay image
+is in the output. It also checks that the committed notebook has no outputs.
 """
 
 import base64
@@ -10,7 +17,10 @@ import io
 import json
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
+import sysconfig
 
 import nbformat
 import numpy as np
@@ -22,14 +32,43 @@ KERNEL = "m2f_jax_test"
 CELL_TIMEOUT_S = 240
 
 
-def _kernel_manager(kernel_dir: pathlib.Path):
-  """A kernel manager that starts `sys.executable -m ipykernel_launcher` (this venv)."""
+def _fresh_environment(root: pathlib.Path) -> pathlib.Path:
+  """A virtual environment that sees this one's packages except m2f_jax; returns its python."""
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+  python = root / "bin" / "python"
+  site = pathlib.Path(subprocess.run(
+      [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+      check=True, capture_output=True, text=True).stdout.strip())
+  ours = pathlib.Path(sysconfig.get_paths()["purelib"])
+  for entry in ours.iterdir():  # pip, ipykernel, jax, ...: links; no (editable) m2f_jax
+    if entry.name.startswith(("m2f_jax", "__editable__")) or entry.name == "__pycache__":
+      continue
+    (site / entry.name).symlink_to(entry)
+  return python
+
+
+def _git_url_of_working_tree(dest: pathlib.Path) -> str:
+  """A `file://` git URL of a repository holding this working tree's files, as they are."""
+  files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, check=True, capture_output=True).stdout.decode().split("\0")
+  for name in filter(None, files):
+    if (REPO / name).is_file():  # not deleted
+      (dest / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(REPO / name, dest / name)
+  git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+  for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "working tree"]):
+    subprocess.run(git + args, cwd=dest, check=True)
+  return dest.as_uri()
+
+
+def _kernel_manager(kernel_dir: pathlib.Path, python: str = sys.executable):
+  """A kernel manager that starts `python -m ipykernel_launcher`."""
   from jupyter_client.kernelspec import KernelSpecManager  # pylint: disable=g-import-not-at-top
   from jupyter_client.manager import KernelManager  # pylint: disable=g-import-not-at-top
   spec = kernel_dir / KERNEL
   spec.mkdir(parents=True)
   (spec / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "m2f_jax test", "language": "python"}))
   return KernelManager(kernel_name=KERNEL,
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
@@ -48,25 +87,33 @@ def test_committed_notebook_has_no_outputs():
     assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
 
 
-def test_quickstart_runs(tmp_path, monkeypatch):
+def test_quickstart_installs_and_runs(tmp_path, monkeypatch):
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
-  # The kernel inherits this environment: CPU only, the package importable from the
-  # checkout (so the install cell skips pip), the configs read from the checkout.
+  python = _fresh_environment(tmp_path / "venv")
+  source = tmp_path / "source"
+  source.mkdir()
+  url = _git_url_of_working_tree(source)
+  # The kernel inherits this environment: CPU only, m2f_jax importable from nowhere (so the
+  # install cell clones and installs it), pip offline.
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("M2F_JAX_SOURCE", str(REPO))
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  monkeypatch.setenv("M2F_JAX_SOURCE", url)
+  monkeypatch.setenv("M2F_JAX_PIP_OPTIONS", "--no-index --no-build-isolation")
+  monkeypatch.delenv("PYTHONPATH", raising=False)
   nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = tmp_path / "run"
   workdir.mkdir()
-  client = NotebookClient(nb, km=_kernel_manager(tmp_path / "kernels"),
+  client = NotebookClient(nb, km=_kernel_manager(tmp_path / "kernels", python),
                           timeout=CELL_TIMEOUT_S, allow_errors=False,
                           resources={"metadata": {"path": str(workdir)}})
   client.execute()  # raises CellExecutionError naming the failing cell
 
   code = [c for c in nb.cells if c.cell_type == "code"]
   text = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
-  assert f"repository: {REPO}" in text
+  clone = workdir / "m2f_jax_repo"  # where the install cell clones M2F_JAX_SOURCE
+  assert f"repository: {clone}" in text, text[:2000]
+  assert (clone / ".git").is_dir() and (clone / "configs" / "tiny.py").is_file()
+  installed = pathlib.Path(text.split("m2f_jax imported from: ")[1].split()[0])
+  assert installed.parent.parent.parent.parent == tmp_path / "venv", installed  # lib/pythonX/site
   assert "step 100/100" in text
   assert "training checkpoint holds the same weights: True" in text
   assert (workdir / "m2f_quickstart" / "model" / "config.json").is_file()
@@ -75,8 +122,10 @@ def test_quickstart_runs(tmp_path, monkeypatch):
   images = [o for c in code for o in _outputs(c, "image/png")]
   assert len(images) == 1, "the overlay is the notebook's one image output"
   overlay = PIL.Image.open(io.BytesIO(base64.b64decode(images[0]["data"]["image/png"])))
-  # Prediction and ground truth of a 64x64 image, both enlarged 4x, with an 8 px gap.
-  assert overlay.size == (2 * 256 + 8, 256) and overlay.mode == "RGB"
+  # Prediction and ground truth of one validation image, both enlarged 4x, with an 8 px gap.
+  width = (overlay.width - 8) // 2
+  assert overlay.width == 2 * width + 8 and width % 4 == 0 and overlay.height % 4 == 0, overlay.size
+  assert overlay.mode == "RGB"
   pixels = np.asarray(overlay)
-  assert pixels[:, :256].std() > 0 and pixels[:, -256:].std() > 0
+  assert pixels[:, :width].std() > 0 and pixels[:, -width:].std() > 0
 
