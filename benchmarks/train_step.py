@@ -8,14 +8,20 @@ decoder layers); JAX runs `m2f_jax.training.train_step.make_train_step` with the
 optimizer, PyTorch runs `Mask2FormerForUniversalSegmentation` with its own `Mask2FormerLoss`
 (same `--num_points`), `clip_grad_norm_` and `torch.optim.AdamW`. Both start from the same
 weights (the PyTorch ones, imported) and train on the same images and targets (random
-rectangles, `--targets` per image). The backbone's BatchNorm layers are frozen on the
+rectangles, `--targets` real targets per image). As in training, JAX gets the targets padded to
+`--num_targets` slots per image (`data.num_targets`, 100 in the official configs; the padding
+slots are flagged invalid and never matched, but the JAX loss samples its points for every
+slot, as train.py's step does), PyTorch gets the real targets only (a list per image, as its
+data loader gives them); `--num_targets 0` gives JAX the real targets unpadded too. The
+header line says which. The backbone's BatchNorm layers are frozen on the
 PyTorch side (eval mode, no gradient), as the official FrozenBatchNorm2d and as here.
 After warm-up (and compilation for JAX) the two are timed in alternation, `--pause` seconds
 apart (on the 2-core CPU, JAX timed right after PyTorch's step measured 6.1-14 s, with a
 1 s pause 6.2-6.4 s: the two frameworks' worker threads interfere); the medians and their
-ratio (PyTorch time / JAX time: > 1 means JAX is faster) are printed. On Linux both run with the glibc
-malloc settings train.py uses on CPU (m2f_jax/host_malloc.py); `--malloc default` keeps
-glibc's defaults, under which both frameworks page-fault their activations every step.
+ratio (PyTorch time / JAX time: > 1 means JAX is faster) are printed. `--malloc cpu` (the
+default here) re-executes the benchmark once with the glibc malloc settings of
+m2f_jax/host_malloc.py (train.py's `--cpu_malloc`), for both frameworks; `--malloc default`
+keeps glibc's defaults, under which both frameworks page-fault their activations every step.
 
   python benchmarks/train_step.py                                    # CPU: batch 2, 512x512
   python benchmarks/train_step.py --batch 8 --size 1024 --runs 10 --dtype bfloat16   # GPU
@@ -49,7 +55,8 @@ def hf_config(num_points: int):
 
 
 def make_data(batch: int, size: int, targets: int, num_classes: int, seed: int = 0):
-  """Images [B, H, W, 3] and `targets` random rectangles per image with random classes."""
+  """Images [B, H, W, 3], masks [B, M, H, W] and labels [B, M]: M = `targets` random
+  rectangles per image with random classes (all real)."""
   rng = np.random.default_rng(seed)
   images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
   masks = np.zeros((batch, targets, size, size), np.uint8)  # [B, M, H, W]
@@ -111,7 +118,20 @@ def build_torch_step(ref, images, masks, labels, dtype: str, device):
   return step
 
 
-def build_jax_step(ref, images, masks, labels, dtype: str, num_points: int):
+def pad_targets(masks: np.ndarray, labels: np.ndarray, num_targets: int):
+  """Pads [B, M, H, W] masks and [B, M] labels to `num_targets` slots as the input pipeline
+  does (zero masks, label 0, valid False); returns (masks, labels, valid [B, num_targets])."""
+  batch, real = labels.shape
+  if num_targets < real:
+    raise ValueError(f"--num_targets {num_targets} is below --targets {real}: give at least as "
+                     "many slots as real targets (0: no padding).")
+  pad = num_targets - real
+  valid = np.arange(num_targets)[None, :].repeat(batch, 0) < real  # [B, num_targets]
+  return (np.pad(masks, ((0, 0), (0, pad), (0, 0), (0, 0))), np.pad(labels, ((0, 0), (0, pad))),
+          valid)
+
+
+def build_jax_step(ref, images, masks, labels, valid, dtype: str, num_points: int):
   from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
   from m2f_jax.convert import hf  # pylint: disable=g-import-not-at-top
   from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
@@ -123,6 +143,7 @@ def build_jax_step(ref, images, masks, labels, dtype: str, num_points: int):
                                   max_steps=368750, decay_steps=(327778, 355092),
                                   batch_size=images.shape[0])  # the official COCO schedule
   config.loss.train_num_points = num_points
+  config.data.num_targets = labels.shape[1]
   model = build_model(config.model)
   state_dict = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
   variables = hf.hf_variables(model, state_dict, source="reference")
@@ -132,7 +153,7 @@ def build_jax_step(ref, images, masks, labels, dtype: str, num_points: int):
       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
       rng=jax.random.PRNGKey(0)))
   batch = jax.device_put({"images": images, "masks": masks, "labels": labels,
-                          "valid": np.ones(labels.shape, bool)})
+                          "valid": valid})
   step_fn = jax.jit(train_step.make_train_step(model, tx, config), donate_argnums=0)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
@@ -158,10 +179,14 @@ def main():
                       help="seconds between timed steps, so that one framework's worker threads "
                       "have gone idle before the other's step is timed")
   parser.add_argument("--malloc", default="cpu", choices=("cpu", "default"),
-                      help="cpu: the glibc settings train.py uses on CPU, for both frameworks "
-                      "(m2f_jax/host_malloc.py); default: glibc's defaults")
+                      help="cpu: re-execute once with the glibc settings of train.py's "
+                      "--cpu_malloc, for both frameworks (m2f_jax/host_malloc.py); default: "
+                      "glibc's defaults")
   parser.add_argument("--num_points", type=int, default=12544, help="official: 112 * 112")
-  parser.add_argument("--targets", type=int, default=10, help="target masks per image")
+  parser.add_argument("--targets", type=int, default=10, help="real target masks per image")
+  parser.add_argument("--num_targets", type=int, default=100,
+                      help="JAX's target slots per image, as data.num_targets (official configs: "
+                      "100); 0: no padding (JAX gets the real targets only, as PyTorch)")
   args = parser.parse_args()
   if args.malloc == "cpu":
     host_malloc.restart_with_cpu_malloc_settings()
@@ -171,15 +196,16 @@ def main():
   torch.manual_seed(0)
   ref = Mask2FormerForUniversalSegmentation(hf_config(args.num_points)).to(device)
   images, masks, labels = make_data(args.batch, args.size, args.targets, 133)
-  jax_step, compile_s = build_jax_step(ref, images, masks, labels, args.dtype, args.num_points)
+  padded = pad_targets(masks, labels, args.num_targets or args.targets)
+  jax_step, compile_s = build_jax_step(ref, images, *padded, args.dtype, args.num_points)
   torch_step = build_torch_step(ref, images, masks, labels, args.dtype, device)
   jax_device = jax.devices()[0]
   print(f"jax {jax.__version__} on {jax_device.platform} ({jax_device.device_kind}); "
         f"torch {torch.__version__} on {device}; {args.dtype}; R50 COCO panoptic (133 classes, "
-        f"100 queries, 10 decoder layers); {args.num_points} points; {args.targets} targets "
-        f"per image; median of {args.runs} alternating runs after {args.warmup} warm-up, "
-        f"{args.pause:g} s apart; malloc: "
-        f"{host_malloc.describe()}")
+        f"100 queries, 10 decoder layers); {args.num_points} points; targets per image: "
+        f"{args.targets} real, JAX padded to {args.num_targets or args.targets} slots "
+        f"(data.num_targets), PyTorch the real ones; median of {args.runs} alternating runs "
+        f"after {args.warmup} warm-up, {args.pause:g} s apart; malloc: {host_malloc.describe()}")
   losses = (torch_step(), jax_step())  # warm-up
   for _ in range(args.warmup - 1):
     torch_step(), jax_step()

@@ -23,7 +23,7 @@ square and rectangular both ways, continuous, wide-range and integer costs with 
 first returns rows in descending order and both are slow under jit+vmap: the first scans the
 rows with a while loop per row, so a vmapped batch waits for its slowest element at every row;
 the second is 10-40x slower still. Median ms per batch of B=16 uniform float32 [B, N, M]
-(2-core CPU; `python benchmarks/matching.py --optax`):
+(2-core CPU; `python benchmarks/matching.py --optax --num_targets 0 --batch 16`, unpadded):
   N, M             100,10  100,50  100,100  200,10  200,50  200,100
   this module         0.53    2.2     21       0.52    2.2     2.9
   optax               0.58    3.8     65       0.73    8.2    21

@@ -1,0 +1,77 @@
+"""benchmarks/: the parts that decide what is compared (padding, pauses, threads, solver call).
+
+The benchmarks themselves take minutes (they build the official R50 / Swin-T models); these
+tests run their helpers and the matching benchmark on tiny sizes.
+"""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(f"benchmarks_{name}",
+                                                REPO / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_train_step_pads_jax_targets_as_training_does():
+  bench = _load("train_step")
+  images, masks, labels = bench.make_data(batch=2, size=32, targets=3, num_classes=133)
+  assert images.shape == (2, 32, 32, 3) and masks.shape == (2, 3, 32, 32)
+  padded_masks, padded_labels, valid = bench.pad_targets(masks, labels, 8)
+  assert padded_masks.shape == (2, 8, 32, 32) and padded_labels.shape == valid.shape == (2, 8)
+  np.testing.assert_array_equal(valid, np.arange(8)[None].repeat(2, 0) < 3)
+  np.testing.assert_array_equal(padded_masks[:, :3], masks)
+  np.testing.assert_array_equal(padded_labels[:, :3], labels)
+  assert not padded_masks[:, 3:].any() and not padded_labels[:, 3:].any()
+  same = bench.pad_targets(masks, labels, 3)  # --num_targets 0: the real targets only
+  assert same[0].shape == masks.shape and same[2].all()
+  with pytest.raises(ValueError, match="--num_targets 2 is below --targets 3"):
+    bench.pad_targets(masks, labels, 2)
+
+
+def test_forward_pauses_between_alternating_runs():
+  bench = _load("forward")
+  events = []
+
+  def run(name):
+    return lambda: events.append((name, time.perf_counter()))
+
+  t_a, t_b = bench.alternate(run("a"), run("b"), runs=2, pause=0.05)
+  assert len(t_a) == len(t_b) == 2
+  assert [name for name, _ in events] == ["a", "b", "a", "b"]
+  gaps = np.diff([t for _, t in events])
+  assert np.all(gaps >= 0.05), gaps
+
+
+def test_forward_names_both_frameworks_thread_counts():
+  bench = _load("forward")
+  torch = pytest.importorskip("torch", reason="the benchmarks compare with torch")
+  line = bench.thread_counts(torch, "cpu")
+  assert f"torch {torch.get_num_threads()} intra-op" in line
+  assert f"XLA:CPU pool of {len(os.sched_getaffinity(0))} threads" in line
+  assert "jax: on gpu" in bench.thread_counts(torch, "gpu")
+
+
+def test_matching_benchmark_solves_padded_costs_with_valid_cols():
+  """As the train step: [B, N, 6] costs with the first M columns real, checked against scipy."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "matching.py"), "--batch", "3", "--queries", "4",
+       "--targets", "1", "5", "--num_targets", "6", "--runs", "1"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "M real of 6 target slots (valid_cols)" in run.stdout, run.stdout
+  rows = [line.split() for line in run.stdout.splitlines()[2:]]
+  assert [(r[0], r[1]) for r in rows] == [("4", "1"), ("4", "5")], run.stdout
