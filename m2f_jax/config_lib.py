@@ -167,13 +167,15 @@ def data_config(dataset: str, *, task: str | None = None,
 def eval_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   """The `eval` section: test-time resize, batching, post-processing and metrics."""
   spec = datasets.spec(dataset)
-  evaluators = spec.evaluators if spec.evaluators and task == spec.task else (task,)
+  evaluators = spec.evaluators.get(task, (task,))
   return ml_collections.ConfigDict(dict(
       # The official test-time ResizeShortestEdge (None: keep the size).
       min_size=ml_collections.FieldReference(spec.eval_size[0], field_type=int),
       max_size=ml_collections.FieldReference(spec.eval_size[1], field_type=int),
       batch_size=8,  # global
-      pad_size=ml_collections.FieldReference(None, field_type=tuple),  # needed multi-host
+      # (H, W) to pad every image to (one compiled shape; predictions then differ from the
+      # official ones, which pad each image to a multiple of 32); None: the official padding.
+      pad_size=ml_collections.FieldReference(None, field_type=tuple),
       object_mask_threshold=0.8, overlap_threshold=0.8, instance_topk=100,
       # Metrics, by name of m2f_jax.evaluation.EVALUATORS ("semantic": mIoU, "panoptic": PQ,
       # "instance": mask AP); post-processing computes what they need.

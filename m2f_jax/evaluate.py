@@ -1,11 +1,13 @@
 """Evaluation of a model on a dataset's validation split, on every device of every host.
 
 `evaluate(config=..., model=..., variables=..., workdir=...)` runs the jit-compiled network
-over this process's share of the validation images (batch sharded over the mesh),
-post-processes them with the official semantics (`m2f_jax.inference`), accumulates the
+over this process's share of the validation images on this process's devices (batches of
+images of one padded size, sharded over a local mesh: every image is padded only to a
+multiple of 32, as the official evaluation, so results do not depend on the batch; the
+network compiles once per padded size), post-processes them with the official semantics (`m2f_jax.inference`), accumulates the
 task's metrics (`m2f_jax.evaluation`), merges them across processes, writes
 `eval_results.json` (Detectron2's names, percent) and a few visualization PNGs, and returns
-the results. The metrics are those `config.eval.evaluators` names (`m2f_jax.evaluation.
+the results with the time split and compile counts under "timing". The metrics are those `config.eval.evaluators` names (`m2f_jax.evaluation.
 EVALUATORS`); post-processing computes what they need. Used by `eval.py` and at the end of
 `train.py`.
 """
@@ -49,7 +51,9 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
   """Evaluates and writes `workdir/eval_results.json`; returns the results dict."""
   from m2f_jax.data import pipeline  # pylint: disable=g-import-not-at-top (grain)
   d, e = config.data, config.eval
-  mesh = mesh or sharding.make_mesh()
+  # Each process evaluates its own images on its own devices (batches of one padded size,
+  # which differ between processes); only the metrics are merged at the end.
+  mesh = mesh or sharding.local_mesh()
   if source is None:
     source = data.data_source(d, "validation")
   if max_images is not None:
@@ -58,14 +62,11 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
   class_names = [c["name"] for c in categories]
   isthing = [bool(c["isthing"]) for c in categories]
   per_process = max(1, e.batch_size // jax.process_count())
-  per_process = -(-per_process // jax.local_device_count()) * jax.local_device_count()
-  pad_size = tuple(e.pad_size) if e.pad_size else None
-  if pad_size is None and jax.process_count() > 1:
-    raise ValueError("eval.pad_size must be set with several processes (one batch shape)")
+  per_process = -(-per_process // mesh.devices.size) * mesh.devices.size
   batches = pipeline.eval_batches(
       source, batch_size=per_process, pixel_mean=config.model.pixel_mean,
-      pixel_std=config.model.pixel_std, pad_size=pad_size, min_size=e.min_size,
-      max_size=e.max_size)
+      pixel_std=config.model.pixel_std, pad_size=tuple(e.pad_size) if e.pad_size else None,
+      min_size=e.min_size, max_size=e.max_size)
   evaluators = evaluation.make_evaluators(e.evaluators, categories=categories,
                                           ignore_label=d.ignore_label)
   needs = {ev.spec.needs for ev in evaluators}
@@ -76,13 +77,18 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
   vis_dir = os.path.join(workdir, "visualizations")
   os.makedirs(vis_dir, exist_ok=True)
   num_images, t0 = 0, time.perf_counter()
+  post_compiles = inference.compilation_count()
+  seconds = dict(data=0.0, forward=0.0, postprocess=0.0, metrics=0.0)
+  t_batch = time.perf_counter()
   for batch in batches:
-    images = sharding.global_batch({"images": batch["images"]}, mesh)["images"]
+    t_forward = time.perf_counter()
+    seconds["data"] += t_forward - t_batch
+    images = jax.device_put(batch["images"], sharding.batch_sharding(mesh))
     out = forward(variables, images)
-    # Every process holds the whole (replicated) output; take this process's rows.
-    lo = jax.process_index() * per_process
-    logits = np.asarray(out["pred_logits"])[lo:lo + per_process]
-    masks = np.asarray(out["pred_masks"])[lo:lo + per_process]
+    logits = np.asarray(out["pred_logits"])
+    masks = np.asarray(out["pred_masks"])
+    t_post = time.perf_counter()
+    seconds["forward"] += t_post - t_forward
     results = inference.postprocess(
         pred_logits=logits, pred_masks=masks, padded_size=batch["images"].shape[1:3],
         image_sizes=[tuple(s) for s in batch["image_size"]],
@@ -91,6 +97,8 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
         instance_on="instances" in needs, isthing=isthing,
         object_mask_threshold=e.object_mask_threshold, overlap_threshold=e.overlap_threshold,
         instance_topk=e.instance_topk)
+    t_metrics = time.perf_counter()
+    seconds["postprocess"] += t_metrics - t_post
     for i, (res, ann) in enumerate(zip(results, batch["annotations"])):
       if not batch["example_valid"][i]:
         continue
@@ -108,15 +116,29 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
         visualize.result_overlay(image, res, class_names).save(
             os.path.join(vis_dir, f"{image_id}.png"))
       num_images += 1
+    t_batch = time.perf_counter()
+    seconds["metrics"] += t_batch - t_metrics
 
+  t_compute = time.perf_counter()
   report = {"num_images": 0}
   for evaluator in evaluators:
     parts = _gather_objects(evaluator)
     for other in parts[1:]:
       parts[0].merge(other)
-    report.update(parts[0].compute())
+    computed = parts[0].compute()
+    report.setdefault("ground_truth", {}).update(computed.pop("ground_truth", {}))
+    report.update(computed)
+  if not report.get("ground_truth"):
+    report.pop("ground_truth", None)
   report["num_images"] = int(sum(_gather_objects(num_images)))
+  seconds["metrics"] += time.perf_counter() - t_compute
   report["seconds"] = time.perf_counter() - t0
+  # This process's time split (forward includes compiling) and compilations.
+  report["timing"] = {
+      **{f"{k}_s": v for k, v in seconds.items()},
+      "forward_compilations": forward._cache_size(),  # pylint: disable=protected-access
+      "postprocess_compilations": inference.compilation_count() - post_compiles,
+  }
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval_results.json")
     tmp = path + ".tmp"

@@ -20,8 +20,10 @@ Detectron2's `sem_seg_postprocess`:
    score = class probability x mean mask probability inside the mask; with panoptic
    inference on (a panoptic-trained model) only thing classes are kept, as in the official code.
 
-Array work is jit-compiled (the batched upsampling once per input shape; the per-image part
-once per (image size, original size)); the segment bookkeeping runs on the host in numpy.
+Array work is jit-compiled: the batched upsampling once per input shape, the per-image part
+once per (padded size, output bucket) with the image and original sizes traced
+(`crop_resize`; the bucket is the padded size whenever the original fits in it, see
+`output_bucket`), then cropped on the host; the segment bookkeeping runs in numpy.
 All results are numpy arrays. Class ids are contiguous in [0, K); map them to dataset ids in
 the evaluators (`m2f_jax.evaluation`).
 """
@@ -55,6 +57,50 @@ def sem_seg_postprocess(x: jnp.ndarray, *, image_size: Size, output_size: Size) 
   return resize_bilinear(x[..., :h, :w], *output_size)
 
 
+def crop_resize_matrix(valid, out, *, in_len: int, out_len: int) -> jnp.ndarray:
+  """`[out_len, in_len]` weights resizing the first `valid` samples to the first `out` ones.
+
+  The linear map of `sem_seg_postprocess` along one axis (crop to `valid`, then bilinear
+  resize to `out`: half-pixel centres, no antialiasing, edge samples renormalized over the
+  crop, as `jax.image.resize` and torch's `align_corners=False`), with `valid` and `out`
+  traced: one compiled function serves every image and original size of a padded size.
+  Rows `>= out` are zero.
+  """
+  valid = jnp.asarray(valid, jnp.float32)
+  inv_scale = valid / jnp.asarray(out, jnp.float32)
+  src = (jnp.arange(out_len, dtype=jnp.float32) + 0.5) * inv_scale - 0.5  # [out_len]
+  j = jnp.arange(in_len, dtype=jnp.float32)
+  weights = jnp.maximum(0.0, 1.0 - jnp.abs(src[:, None] - j[None, :]))  # [out_len, in_len]
+  weights = jnp.where(j[None, :] < valid, weights, 0.0)
+  total = jnp.sum(weights, axis=1, keepdims=True)
+  weights = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
+  return jnp.where(jnp.arange(out_len)[:, None] < out, weights, 0.0)
+
+
+def crop_resize(x: jnp.ndarray, *, image_size, output_size, out_shape: Size) -> jnp.ndarray:
+  """`sem_seg_postprocess` with traced sizes: `x [..., Hp, Wp]` -> `[..., Ho, Wo]`.
+
+  The result holds the crop `x[..., :h, :w]` (`image_size`) resized to `output_size` in its
+  top-left corner and zeros elsewhere; `out_shape` (static) must hold `output_size`.
+  """
+  hp, wp = x.shape[-2:]
+  rows = crop_resize_matrix(image_size[0], output_size[0], in_len=hp, out_len=out_shape[0])
+  cols = crop_resize_matrix(image_size[1], output_size[1], in_len=wp, out_len=out_shape[1])
+  x = jnp.einsum("ph,...hw->...pw", rows, x.astype(jnp.float32),
+                 precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum("qw,...pw->...pq", cols, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def output_bucket(padded_size: Size, output_size: Size, multiple: int = 128) -> Size:
+  """The static shape results of one image are computed in (then cropped on the host).
+
+  The padded input size when the original size fits in it (e.g. COCO evaluated at 800 px:
+  one compilation per padded size), else each larger side rounded up to `multiple`.
+  """
+  return tuple(p if o <= p else -(-o // multiple) * multiple
+               for p, o in zip(padded_size, output_size))
+
+
 def semantic_scores(class_logits: jnp.ndarray, mask_logits: jnp.ndarray) -> jnp.ndarray:
   """Per-class scores `[..., K, H, W]`: softmax class probabilities x sigmoid masks, summed over Q.
 
@@ -68,8 +114,10 @@ def semantic_scores(class_logits: jnp.ndarray, mask_logits: jnp.ndarray) -> jnp.
                     precision=jax.lax.Precision.HIGHEST)  # [..., K, H, W]
 
 
-def _panoptic_arrays(class_logits, mask_logits, object_mask_threshold):
+def _panoptic_arrays(class_logits, mask_logits, object_mask_threshold, valid=None):
   """The array part of the official `panoptic_inference` for one image.
+
+  `valid [H, W]` (optional) marks the pixels of the image; the others count nowhere.
 
   Returns a dict: `winner [H, W]` (index of the kept query with the largest score x mask
   probability; 0 when no query is kept), `confident [H, W]` (the winner's probability >= 0.5),
@@ -88,8 +136,13 @@ def _panoptic_arrays(class_logits, mask_logits, object_mask_threshold):
   winner = jnp.argmax(prob_masks, axis=0)  # [H, W]
   above = masks >= 0.5  # [Q, H, W]
   confident = jnp.take_along_axis(above, winner[None], axis=0)[0]  # [H, W]
+  if valid is not None:
+    above &= valid[None]
+    confident &= valid
   flat_winner = winner.reshape(-1)
-  mask_area = jnp.bincount(flat_winner, length=num_queries)  # [Q]
+  mask_area = jnp.bincount(
+      flat_winner, weights=None if valid is None else valid.reshape(-1).astype(jnp.int32),
+      length=num_queries)  # [Q]
   confident_area = jnp.bincount(flat_winner, weights=confident.reshape(-1).astype(jnp.int32),
                                 length=num_queries)  # [Q]
   return dict(winner=winner.astype(jnp.int32), confident=confident, keep=keep, score=scores,
@@ -243,23 +296,53 @@ def _batched_stage(class_logits, mask_logits, *, padded_size, semantic_at_padded
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "image_size", "output_size", "semantic_on", "panoptic_on", "instance_on", "topk"))
-def _image_stage(class_logits, masks, padded_scores, object_mask_threshold, *, image_size,
-                 output_size, semantic_on, panoptic_on, instance_on, topk):
+    "out_shape", "semantic_on", "panoptic_on", "instance_on", "topk"))
+def _image_stage(class_logits, masks, padded_scores, object_mask_threshold, image_size,
+                 output_size, *, out_shape, semantic_on, panoptic_on, instance_on, topk):
+  """One image's arrays at the static `out_shape`; `image_size`, `output_size` are traced.
+
+  Compiled once per (padded size, out_shape); the host crops the results to `output_size`.
+  """
+  resize = functools.partial(crop_resize, image_size=image_size, output_size=output_size,
+                             out_shape=out_shape)
   out = {}
   if padded_scores is not None:  # Semantic inference ran at the padded size.
-    scores = sem_seg_postprocess(padded_scores, image_size=image_size, output_size=output_size)
-    out["sem_seg"] = jnp.argmax(scores, axis=0).astype(jnp.int32)
+    out["sem_seg"] = jnp.argmax(resize(padded_scores), axis=0).astype(jnp.int32)
   if not (panoptic_on or instance_on or (semantic_on and padded_scores is None)):
     return out
-  masks = sem_seg_postprocess(masks, image_size=image_size, output_size=output_size)  # [Q, H, W]
+  valid = ((jnp.arange(out_shape[0])[:, None] < output_size[0])
+           & (jnp.arange(out_shape[1])[None, :] < output_size[1]))  # [Ho, Wo]
+  masks = resize(masks)  # [Q, Ho, Wo]
   if semantic_on and padded_scores is None:
     out["sem_seg"] = jnp.argmax(semantic_scores(class_logits, masks), axis=0).astype(jnp.int32)
+  # Outside the image: probability 0 (never above 0.5, never inside an instance mask).
+  masks = jnp.where(valid[None], masks, -jnp.inf)
   if panoptic_on:
-    out["panoptic"] = _panoptic_arrays(class_logits, masks, object_mask_threshold)
+    out["panoptic"] = _panoptic_arrays(class_logits, masks, object_mask_threshold, valid)
   if instance_on:
     out["instances"] = _instance_arrays(class_logits, masks, topk)
   return out
+
+
+def _crop(arrays: dict, output_size: Size) -> dict:
+  """The host-side crop of `_image_stage`'s maps to the original image size."""
+  h, w = output_size
+  out = {}
+  if "sem_seg" in arrays:
+    out["sem_seg"] = np.asarray(arrays["sem_seg"])[:h, :w]
+  if "panoptic" in arrays:
+    out["panoptic"] = dict(jax.tree.map(np.asarray, arrays["panoptic"]))
+    for key in ("winner", "confident"):
+      out["panoptic"][key] = out["panoptic"][key][:h, :w]
+  if "instances" in arrays:
+    out["instances"] = dict(jax.tree.map(np.asarray, arrays["instances"]))
+    out["instances"]["binary"] = out["instances"]["binary"][:, :h, :w]
+  return out
+
+
+def compilation_count() -> int:
+  """How many shapes the batched post-processing has compiled so far (in this process)."""
+  return _batched_stage._cache_size() + _image_stage._cache_size()  # pylint: disable=protected-access
 
 
 def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_size: Size,
@@ -318,13 +401,18 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
   for i in range(batch):
     image_size = tuple(int(s) for s in image_sizes[i])
     output_size = tuple(int(s) for s in output_sizes[i])
-    arrays = _image_stage(
+    if image_size[0] > padded_size[0] or image_size[1] > padded_size[1]:
+      raise ValueError(f"postprocess: image_size {image_size} exceeds the padded size "
+                       f"{padded_size}.")
+    arrays = _crop(_image_stage(
         pred_logits[i], masks[i], None if padded_scores is None else padded_scores[i],
-        jnp.float32(object_mask_threshold), image_size=image_size, output_size=output_size,
-        semantic_on=semantic_on, panoptic_on=panoptic_on, instance_on=instance_on, topk=topk)
+        jnp.float32(object_mask_threshold), np.array(image_size, np.int32),
+        np.array(output_size, np.int32), out_shape=output_bucket(padded_size, output_size),
+        semantic_on=semantic_on, panoptic_on=panoptic_on, instance_on=instance_on,
+        topk=topk), output_size)
     result = {}
     if semantic_on:
-      result["sem_seg"] = np.asarray(arrays["sem_seg"])
+      result["sem_seg"] = arrays["sem_seg"]
     if panoptic_on:
       result["panoptic_seg"] = _panoptic_segments(
           arrays["panoptic"], isthing=isthing, overlap_threshold=overlap_threshold)

@@ -20,6 +20,13 @@ def make_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def local_mesh() -> jax.sharding.Mesh:
+  """A 1-d mesh over this process's devices (axis "data"): evaluation, where every process
+  runs its own images and only the metrics are merged."""
+  return jax.sharding.Mesh(np.array(jax.local_devices()), (DATA,),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+
+
 def param_spec(x, num_devices: int, shard: bool) -> P:
   """Replicated, or (shard=True) split along the largest axis the device count divides."""
   if not shard or not hasattr(x, "shape") or x.ndim == 0:

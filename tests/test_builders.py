@@ -160,6 +160,21 @@ def test_coco_panoptic_release(tmp_path):
                else source / "annotations" / f"panoptic_{folder}")
     _write_panoptic(str(source / "annotations" / f"panoptic_{folder}.json"),
                     str(source / folder), str(png_dir), fixture[split], categories)
+  # instances_val2017.json: the instance ground truth of the validation examples.
+  val_image = fixture["validation"][0]
+  blob = _rect(2, 10, 4, 14)
+  instances_json = {"images": [{"id": val_image["id"], "file_name": val_image["file_name"],
+                                "height": H, "width": W}],
+                    "categories": [c for c in categories if c["isthing"]],
+                    "annotations": [
+                        {"id": 1, "image_id": val_image["id"], "category_id": 3, "iscrowd": 0,
+                         "segmentation": [[4, 2, 14, 2, 14, 10, 4, 10]], "area": 80.0,
+                         "bbox": [4, 2, 10, 8]},
+                        {"id": 2, "image_id": val_image["id"], "category_id": 1, "iscrowd": 1,
+                         "segmentation": _uncompressed_rle(_rect(20, 30, 2, 12)),
+                         "area": 100.0, "bbox": [2, 20, 10, 10]}]}
+  with open(source / "annotations" / "instances_val2017.json", "w") as f:
+    json.dump(instances_json, f)
   cfg = _config(tmp_path, "coco_panoptic", source_dir=str(source))
   builder = data.prepare_dataset(cfg)
   meta = builder.info.metadata
@@ -173,7 +188,15 @@ def test_coco_panoptic_release(tmp_path):
   for split, folder in (("train", "train2017"), ("validation", "val2017")):
     records = _records(data.data_source(cfg, split))
     _check_panoptic(records, fixture[split], source / folder, COCO_CONTIGUOUS, isthing)
+    if split == "train":  # no instances JSON: instance AP falls back to panoptic things
+      assert all("instances" not in r for r in records.values())
   assert records  # the image with no object is kept (train, checked above)
+  instances = records[val_image["file_name"]]["instances"]
+  np.testing.assert_array_equal(instances["masks"],
+                                [blob, _rect(20, 30, 2, 12)])
+  np.testing.assert_array_equal(instances["category_id"],
+                                [COCO_CONTIGUOUS[3], COCO_CONTIGUOUS[1]])
+  np.testing.assert_array_equal(instances["iscrowd"], [False, True])
   # Prepared: a second call reads, even without the source.
   assert data.prepare_dataset(_config(tmp_path, "coco_panoptic")).is_prepared()
 

@@ -53,7 +53,9 @@ def test_dataset_specs_are_consistent():
     assert spec.augmentation in transforms.AUGMENTATIONS
     assert spec.task in ("semantic", "instance", "panoptic")
     assert (spec.builder is None) != (spec.memory_source is None), name
-    assert set(spec.evaluators or ()) <= set(evaluation.EVALUATORS)
+    for task, names in spec.evaluators.items():
+      assert task in ("semantic", "instance", "panoptic") and set(names) <= set(
+          evaluation.EVALUATORS), name
 
 
 def test_defaults_come_from_the_dataset_spec():
@@ -62,7 +64,10 @@ def test_defaults_come_from_the_dataset_spec():
   assert coco.data.augmentation == "coco_lsj"
   assert (coco.eval.min_size, coco.eval.max_size) == (800, 1333)
   assert tuple(coco.eval.evaluators) == ("semantic", "panoptic", "instance")
-  cityscapes = config_lib.eval_config("cityscapes", "panoptic")
-  assert tuple(cityscapes.evaluators) == ("panoptic",)
+  # The official Cityscapes panoptic config evaluates all three; its semantic one mIoU.
+  assert tuple(config_lib.eval_config("cityscapes", "panoptic").evaluators) == (
+      "semantic", "panoptic", "instance")
+  assert tuple(config_lib.eval_config("cityscapes", "semantic").evaluators) == ("semantic",)
+  assert tuple(config_lib.eval_config("coco_format", "panoptic").evaluators) == ("panoptic",)
   with pytest.raises(ValueError, match="unknown data.dataset 'cocoo'.*coco_panoptic"):
     config_lib.data_config("cocoo")

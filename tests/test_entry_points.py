@@ -22,7 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 2
 SIZE = 64
 NUM_VAL = 4
-NUM_CLASSES = 6  # the synthetic dataset's
+NUM_CLASSES = 7  # the synthetic dataset's (tests below check it against synthetic.py)
 TIMEOUT_S = 300
 # pycocotools' decode on numpy 2 (a library-internal warning).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -78,8 +78,8 @@ def images(tmp_path_factory):
   """Input files: the first synthetic validation images, one of another size, a broken one."""
   from m2f_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   folder = tmp_path_factory.mktemp("images")
-  records = [synthetic.SyntheticSource(NUM_VAL, split="validation", image_size=(SIZE, SIZE))[i]
-             for i in range(NUM_VAL)]
+  # The validation images eval.py reads (their own varied sizes), as files for predict.
+  records = [synthetic.SyntheticSource(NUM_VAL, split="validation")[i] for i in range(NUM_VAL)]
   paths = {}
   for i, record in enumerate(records):
     paths[f"val{i}"] = folder / f"val{i}.png"
@@ -129,7 +129,9 @@ def _check_report(report: dict, num_images: int):
   """Detectron2's names and percent values for the tiny config's three tasks."""
   assert report["num_images"] == num_images
   assert set(report) >= {"sem_seg", "panoptic_seg", "segm"}
-  names = ("circle", "square", "triangle", "sky", "grass", "wall")
+  from m2f_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  names = tuple(c["name"] for c in synthetic.CATEGORIES)
+  assert len(names) == NUM_CLASSES
   expected = {
       "sem_seg": ["mIoU", "fwIoU", "mACC", "pACC"] + [f"{m}-{n}" for n in names
                                                       for m in ("IoU", "ACC")],
@@ -140,8 +142,14 @@ def _check_report(report: dict, num_images: int):
     assert sorted(report[task]) == sorted(keys), task
     for key, value in report[task].items():
       assert np.isnan(value) or 0.0 <= value <= 100.0, (task, key, value)
-  for task in ("sem_seg", "panoptic_seg"):  # every class occurs in the ground truth
-    assert all(np.isfinite(v) for v in report[task].values()), task
+  # A class's values are finite exactly when it occurs in the evaluated ground truth.
+  present = {int(c) for i in range(num_images)
+             for c in synthetic.SyntheticSource(num_images, split="validation")[i][
+                 "segments_info"]["category_id"]}
+  for i, name in enumerate(names):
+    assert np.isfinite(report["sem_seg"][f"IoU-{name}"]) == (i in present), (name, present)
+  assert all(np.isfinite(report["sem_seg"][k]) for k in ("mIoU", "fwIoU", "mACC", "pACC"))
+  assert all(np.isfinite(report["panoptic_seg"][k]) for k in ("PQ", "SQ", "RQ"))
 
 
 def test_train(trained):
@@ -165,11 +173,11 @@ def test_eval(runs, images):
   _check_report(report, 4)
   visualizations = sorted((out / "visualizations").iterdir())
   assert [p.name for p in visualizations] == [f"{i}.png" for i in range(4)]
-  for p in visualizations:
-    assert _png(p).shape == (SIZE, SIZE, 3)
+  _, records = images
+  for p, record in zip(visualizations, records):
+    assert _png(p).shape == record["image"].shape
 
   # The same model through predict: its semantic maps give eval's pixel accuracy (percent).
-  _, records = images
   _, semantic_out = runs["semantic"]
   correct = total = 0
   for i, record in enumerate(records):
@@ -180,7 +188,8 @@ def test_eval(runs, images):
   assert report["sem_seg"]["pACC"] == pytest.approx(100.0 * correct / total, abs=0.2)
 
 
-def test_predict_semantic(runs):
+def test_predict_semantic(runs, images):
+  _, records = images
   run, out = runs["semantic"]
   _check(run)
   for i in range(NUM_VAL):
@@ -188,16 +197,18 @@ def test_predict_semantic(runs):
     with PIL.Image.open(out / f"val{i}.semantic.png") as img:
       assert img.mode == "L"
       sem = np.asarray(img)
-    assert sem.shape == (SIZE, SIZE) and sem.max() < NUM_CLASSES
-    assert _png(out / f"val{i}.overlay.png").shape == (SIZE, SIZE, 3)
+    assert sem.shape == records[i]["image"].shape[:2] and sem.max() < NUM_CLASSES
+    assert _png(out / f"val{i}.overlay.png").shape == records[i]["image"].shape
 
 
-def test_predict_panoptic(runs):
+def test_predict_panoptic(runs, images):
   from m2f_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  _, records = images
   run, out = runs["panoptic"]
   _check(run)
   num_segments = 0
-  for name, shape in (("val0", (SIZE, SIZE)), ("wide", (48, 80)), ("val1", (SIZE, SIZE))):
+  for name, shape in (("val0", records[0]["image"].shape[:2]), ("wide", (48, 80)),
+                      ("val1", records[1]["image"].shape[:2])):
     rgb = _png(out / f"{name}.panoptic.png").astype(np.int64)
     assert rgb.shape == (*shape, 3)
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
@@ -217,7 +228,7 @@ def test_predict_panoptic(runs):
 
 
 def test_predict_instance_and_unreadable_images(runs, images):
-  paths, _ = images
+  paths, records = images
   run, out = runs["instance"]
   _check(run, returncode=1)
   assert f"error: {paths['missing']}: no such file" in run.stderr
@@ -225,7 +236,7 @@ def test_predict_instance_and_unreadable_images(runs, images):
   assert "Traceback" not in run.stderr
   assert sorted(p.name for p in out.iterdir()) == [
       "val0.instances.json", "val0.overlay.png", "wide.instances.json", "wide.overlay.png"]
-  for name, shape in (("val0", (SIZE, SIZE)), ("wide", (48, 80))):
+  for name, shape in (("val0", records[0]["image"].shape[:2]), ("wide", (48, 80))):
     dets = json.loads((out / f"{name}.instances.json").read_text())
     assert dets
     for det in dets:

@@ -367,3 +367,36 @@ def test_instance_no_predictions_is_nan():
                    gt_masks=np.stack(GT[1][0]), gt_classes=GT[1][1])
   got = evaluator.compute()["segm"]
   assert set(got) == set(instance.METRICS) and all(math.isnan(v) for v in got.values())
+
+
+# ---------------------------------------------------------------------------
+# The evaluator registry (m2f_jax/evaluation/__init__.py).
+# ---------------------------------------------------------------------------
+
+
+def test_instance_ground_truth_is_named_in_the_report():
+  """Instance annotations when a record has them, else panoptic thing segments, counted."""
+  from m2f_jax import evaluation  # pylint: disable=g-import-not-at-top
+  categories = [{"id": 0, "name": "a", "isthing": 1}, {"id": 1, "name": "b", "isthing": 0}]
+  panoptic = np.array([[1, 1, 2, 2], [1, 1, 2, 2]], np.int32)
+  info = {"id": np.array([1, 2]), "category_id": np.array([0, 1]),
+          "iscrowd": np.array([False, False]), "isthing": np.array([True, False])}
+  mask = (panoptic == 1)[None]
+  result = {"instances": {"masks": mask, "scores": np.array([0.9], np.float32),
+                          "classes": np.array([0], np.int32)}}
+  with_instances = {"panoptic": panoptic, "segments_info": info,
+                    "instances": {"masks": mask.astype(np.uint8),
+                                  "category_id": np.array([0], np.int32),
+                                  "iscrowd": np.array([False])}}
+  panoptic_only = {"panoptic": panoptic, "segments_info": info}
+  first, second = evaluation.make_evaluators(["instance", "instance"], categories=categories)
+  first.update(result=result, annotation=with_instances, image_id=1)
+  second.update(result=result, annotation=panoptic_only, image_id=2)
+  second.update(result=result, annotation=panoptic_only, image_id=3)
+  first.merge(second)
+  report = first.compute()
+  assert report["ground_truth"] == {"instance": {
+      "instance annotations": 1, "thing segments of the panoptic annotations": 2}}
+  assert report["segm"]["AP"] == pytest.approx(100.0)
+  with pytest.raises(ValueError, match="unknown evaluator 'iou'"):
+    evaluation.make_evaluators(["iou"], categories=categories)

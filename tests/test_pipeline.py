@@ -311,3 +311,19 @@ def test_eval_batches_resize_and_fixed_pad():
   with pytest.raises(ValueError, match="pad_size"):
     next(iter(pipeline.eval_batches(source, batch_size=3, pixel_mean=MEAN, pixel_std=STD,
                                     pad_size=(32, 64))))
+
+
+def test_cropped_away_segments_stay_panoptic_targets_as_official():
+  """LSJ / panoptic mappers keep every non-crowd segment; the instance mapper drops empty."""
+  record = synthetic.generate_record(0, image_size=(48, 48))
+  info = record["segments_info"]
+  things = np.flatnonzero(info["isthing"] & ~info["iscrowd"])
+  assert len(things) >= 1
+  gone = info["id"][things[0]]
+  cropped = dict(record, panoptic=np.where(record["panoptic"] == gone, 0, record["panoptic"]))
+  pan = targets.make_targets(cropped, task="panoptic", num_targets=12)
+  assert pan["valid"].sum() == np.sum(~info["iscrowd"])  # the empty segment is still there
+  empty = np.flatnonzero(pan["valid"] & (pan["masks"].reshape(12, -1).sum(1) == 0))
+  np.testing.assert_array_equal(pan["labels"][empty], [info["category_id"][things[0]]])
+  ins = targets.make_targets(cropped, task="instance", num_targets=12)
+  assert ins["valid"].sum() == len(things) - 1

@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any
 
+ALL_METRICS = ("semantic", "panoptic", "instance")
 # coco_format config fields per split: (json_file, image_dir, panoptic_dir)
 _COCO_FORMAT_FIELDS = {"train": ("json_file", "image_dir", "panoptic_dir"),
                        "validation": ("val_json_file", "val_image_dir", "val_panoptic_dir")}
@@ -34,8 +35,8 @@ class DatasetSpec:
     augmentation: the official training recipe (`transforms.AUGMENTATIONS`).
     eval_size: the official test-time resize (shortest edge, longest cap); (None, None)
       keeps the size.
-    evaluators: the metrics the official config reports for it (`evaluation.EVALUATORS`
-      names); None: those of the task.
+    evaluators: per task, the metrics the official config reports (`evaluation.EVALUATORS`
+      names); a task not listed reports its own metric only.
     builder: `builder(data_cfg, build_kwargs) -> tfds builder` (prepared or not), or None for
       a dataset generated in memory (nothing to prepare).
     categories: `categories(data_cfg) -> [{"id", "name", "isthing", ...}]`, contiguous ids.
@@ -48,7 +49,7 @@ class DatasetSpec:
   categories: Callable[[Any], list[dict]]
   builder: Callable[[Any, dict], Any] | None = None
   memory_source: Callable[[Any, str], Any] | None = None
-  evaluators: tuple[str, ...] | None = None
+  evaluators: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------
@@ -57,10 +58,11 @@ class DatasetSpec:
 
 
 def _synthetic_source(data_cfg, split: str):
+  """Images of their own varied sizes (the training `image_size` is the crop, not theirs)."""
   from m2f_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   return synthetic.SyntheticSource(
       data_cfg.num_train if split == "train" else data_cfg.num_val, split=split,
-      seed=data_cfg.seed, image_size=tuple(data_cfg.image_size))
+      seed=data_cfg.seed)
 
 
 def _synthetic_categories(data_cfg) -> list[dict]:
@@ -165,12 +167,10 @@ def _cityscapes_categories(data_cfg) -> list[dict]:
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(name="synthetic", task="panoptic", augmentation="synthetic",
                 eval_size=(None, None), categories=_synthetic_categories,
-                memory_source=_synthetic_source,
-                evaluators=("semantic", "panoptic", "instance")),
+                memory_source=_synthetic_source, evaluators={"panoptic": ALL_METRICS}),
     DatasetSpec(name="coco_panoptic", task="panoptic", augmentation="coco_lsj",
                 eval_size=(800, 1333), categories=_coco_categories(panoptic=True),
-                builder=_coco_builder(panoptic=True),
-                evaluators=("semantic", "panoptic", "instance")),
+                builder=_coco_builder(panoptic=True), evaluators={"panoptic": ALL_METRICS}),
     DatasetSpec(name="coco_instance", task="instance", augmentation="coco_lsj",
                 eval_size=(800, 1333), categories=_coco_categories(panoptic=False),
                 builder=_coco_builder(panoptic=False)),
@@ -179,7 +179,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
                 builder=_ade20k_builder),
     DatasetSpec(name="cityscapes", task="semantic", augmentation="cityscapes",
                 eval_size=(1024, 2048), categories=_cityscapes_categories,
-                builder=_cityscapes_builder),
+                builder=_cityscapes_builder,
+                # The official panoptic config reports mIoU, PQ and instance AP (Cityscapes'
+                # own AP there; COCO-style mask AP here, over the panoptic thing segments).
+                evaluators={"panoptic": ALL_METRICS}),
     # Your own data in COCO panoptic or instance format (its own categories).
     DatasetSpec(name="coco_format", task="panoptic", augmentation="coco_lsj",
                 eval_size=(800, 1333), categories=_coco_format_categories,

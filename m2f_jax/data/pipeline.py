@@ -10,10 +10,11 @@ one augmentation recipe of `transforms.AUGMENTATIONS` ("synthetic", or the offic
 targets, batches. The iterator is a grain `DatasetIterator`: `get_state()` / `set_state()`
 resume it exactly.
 
-Evaluation (`eval_batches`) keeps the order, optionally resizes the shortest edge (the
-official test-time `ResizeShortestEdge`), pads to a multiple of 32 (or a fixed size) and
-carries what post-processing and metrics need: the padded region, the resized and original
-sizes and the raw annotations.
+Evaluation (`eval_batches`) optionally resizes the shortest edge (the official test-time
+`ResizeShortestEdge`), pads each image to a multiple of 32 (or a fixed size), batches images
+of one padded size together (so results do not depend on the batch) and carries what
+post-processing and metrics need: the padded region, the resized and original sizes and the
+raw annotations.
 
 Images are normalized with the model's pixel mean/std. Evaluation batches (and the
 "synthetic" recipe) pad with zeros after normalization, as the official
@@ -63,7 +64,8 @@ def normalize_record(example: Mapping[str, Any]) -> dict[str, Any]:
   if "semantic" in example:
     semantic = np.asarray(example["semantic"])
     record["semantic"] = (semantic[..., 0] if semantic.ndim == 3 else semantic).astype(np.uint8)
-  if "instances" in example:
+  # COCO panoptic examples carry instances only where the release has an instances JSON.
+  if "instances" in example and example.get("has_instances", True):
     instances = example["instances"]
     record["instances"] = {
         "masks": np.asarray(instances["masks"], np.uint8).reshape(-1, height, width),
@@ -206,9 +208,9 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
   return iter(ds)
 
 
-def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel_mean,
+def _eval_example(index: int, *, source, min_size, max_size, pixel_mean,
                   pixel_std) -> dict[str, Any]:
-  record = normalize_record(source[slot if slot >= 0 else fallback])
+  record = normalize_record(source[index])
   image = record.pop("image")
   images = transforms.prepare_eval_image(image, pixel_mean=pixel_mean, pixel_std=pixel_std,
                                          min_size=min_size, max_size=max_size)  # [h, w, 3]
@@ -216,7 +218,7 @@ def _eval_example(slot: int, *, source, fallback: int, min_size, max_size, pixel
       "images": images,
       "image_size": np.array(images.shape[:2], np.int32),
       "output_size": np.array(image.shape[:2], np.int32),
-      "example_valid": slot >= 0,
+      "example_valid": True,
       "image_id": record["image_id"],
       "annotations": record,
   }
@@ -237,32 +239,68 @@ def _collate_eval(examples: Sequence[dict[str, Any]], *, size_divisibility: int,
   }
 
 
+class _EvalBatches:
+  """Re-iterable evaluation batches: examples grouped by padded size (see `eval_batches`)."""
+
+  def __init__(self, examples: grain.IterDataset, *, batch_size: int, size_divisibility: int,
+               pad_size: tuple[int, int] | None):
+    self._examples = examples
+    self._batch_size = batch_size
+    self._size_divisibility = size_divisibility
+    self._pad_size = pad_size
+
+  def _bucket(self, example) -> tuple[int, int]:
+    if self._pad_size is not None:
+      return self._pad_size
+    d = self._size_divisibility
+    return tuple(int(-(-s // d) * d) for s in example["image_size"])
+
+  def _collate(self, examples, bucket):
+    return _collate_eval(examples, size_divisibility=self._size_divisibility, pad_size=bucket)
+
+  def __iter__(self):
+    pending: dict[tuple[int, int], list[dict[str, Any]]] = {}  # in order of first appearance
+    for example in self._examples:
+      bucket = self._bucket(example)
+      pending.setdefault(bucket, []).append(example)
+      if len(pending[bucket]) == self._batch_size:
+        yield self._collate(pending.pop(bucket), bucket)
+    for bucket, examples in pending.items():  # the rest, filled with marked copies
+      filler = dict(examples[0], example_valid=False)
+      yield self._collate(examples + [filler] * (self._batch_size - len(examples)), bucket)
+
+
 def eval_batches(source: Sequence[Any], *, batch_size: int, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], size_divisibility: int = 32,
                  pad_size: tuple[int, int] | None = None, min_size: int | None = None,
                  max_size: int | None = None,
                  shard_options: grain.sharding.ShardOptions | None = None,
-                 read_threads: int = 0, prefetch: int = 0) -> grain.IterDataset:
-  """This process's evaluation batches, in source order; iterate it (re-iterable).
+                 read_threads: int = 0, prefetch: int = 0):
+  """This process's evaluation batches, grouped by padded size; iterate it (re-iterable).
 
-  Every record of the source is in exactly one batch of one process (default sharding:
-  `ShardByJaxProcess`, its `drop_remainder` ignored); the last batches are filled with copies
-  marked `example_valid` False, so that every process yields the same number of batches.
+  Every image is padded only to the next multiple of `size_divisibility`, as the official
+  evaluation pads each image alone, and a batch holds images of one padded size: an image's
+  prediction does not depend on the batch size or on its neighbours, and the network
+  compiles once per padded size. Batches come in the order their padded size fills up
+  (not the source order); the last batch of each size is filled with copies marked
+  `example_valid` False. Every record of the source is in exactly one batch of one process
+  (default sharding: `ShardByJaxProcess`, its `drop_remainder` ignored); processes may yield
+  different numbers of batches (evaluation runs on each process's own devices).
 
   Args:
     source: random-access source of records.
     batch_size: examples per batch on this process.
     pixel_mean, pixel_std: RGB normalization on the 0..255 scale.
-    size_divisibility: pad each batch to the next multiple of this.
-    pad_size: (H, W) to pad every batch to instead (one compiled shape; use it with several
-      processes so that their batches agree).
+    size_divisibility: pad each image to the next multiple of this.
+    pad_size: (H, W) to pad every image to instead (one shape for the whole run; the
+      predictions then differ from the official ones, which pad to a multiple of 32).
     min_size, max_size: resize the shortest edge to `min_size`, the longest to at most
       `max_size` (the official test-time resize); None keeps the size.
     shard_options: grain ShardOptions; default `ShardByJaxProcess()`.
-    read_threads, prefetch: threads and buffered batches.
+    read_threads, prefetch: threads and buffered examples.
 
   Returns:
-    A grain `IterDataset` of dicts:
+    An iterable of dicts:
       "images": float32 [B, H, W, 3] normalized, 0 on padding
       "padding_mask": bool [B, H, W] True on the (resized) image
       "image_size": int32 [B, 2] (h, w) of the (resized) image = the valid region, the
@@ -280,14 +318,10 @@ def eval_batches(source: Sequence[Any], *, batch_size: int, pixel_mean: Sequence
   if not indices:
     raise ValueError(f"shard {shard.shard_index} of {shard.shard_count} of a source of "
                      f"{num_records} records is empty")
-  per_shard = -(-num_records // shard.shard_count)
-  num_batches = -(-per_shard // batch_size)
-  slots = indices + [-1] * (num_batches * batch_size - len(indices))
-  ds = grain.MapDataset.source(slots).map(functools.partial(
-      _eval_example, source=source, fallback=indices[0], min_size=min_size,
+  examples = grain.MapDataset.source(indices).map(functools.partial(
+      _eval_example, source=source, min_size=min_size,
       max_size=max_size, pixel_mean=tuple(pixel_mean), pixel_std=tuple(pixel_std)))
-  ds = ds.batch(batch_size, batch_fn=functools.partial(
-      _collate_eval, size_divisibility=size_divisibility,
-      pad_size=None if pad_size is None else tuple(pad_size)))
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                              prefetch_buffer_size=prefetch))
+  examples = examples.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                        prefetch_buffer_size=prefetch))
+  return _EvalBatches(examples, batch_size=batch_size, size_divisibility=size_divisibility,
+                      pad_size=None if pad_size is None else tuple(pad_size))

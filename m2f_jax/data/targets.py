@@ -95,9 +95,11 @@ def make_targets(record: Mapping[str, Any], *, task: str, num_targets: int,
                  ignore_label: int = 255) -> dict[str, np.ndarray]:
   """Targets of one record for `task`, padded to `num_targets` (M).
 
-  Returns {"labels": int32 [M], "masks": uint8 [M, H, W], "valid": bool [M]}. Targets with no
-  pixel are dropped. A record with more than M targets keeps the M largest (and logs it):
-  raise `num_targets` if that happens often.
+  Returns {"labels": int32 [M], "masks": uint8 [M, H, W], "valid": bool [M]}. As the official
+  mappers: panoptic targets are all non-crowd segments of segments_info, empty ones (cropped
+  away) included; instance targets with no pixel are dropped. A record with more than M
+  targets keeps the M largest (and logs how many it drops): raise `num_targets` if that
+  happens often.
   """
   if task == "semantic":
     labels, masks = _semantic_targets(record, ignore_label)
@@ -112,10 +114,16 @@ def make_targets(record: Mapping[str, Any], *, task: str, num_targets: int,
     raise ValueError(f"record {record.get('image_id')}: {task} masks of shape "
                      f"{masks.shape[1:]} do not match the image {(height, width)}")
   areas = masks.reshape(len(masks), -1).sum(axis=1)
-  keep = np.flatnonzero(areas > 0)
+  # Panoptic: every non-crowd segment is a target, also one that augmentation cropped away
+  # (the official panoptic mappers build targets from segments_info: an empty mask still
+  # counts in num_masks and is matched). Instances: empty ones are dropped, as the official
+  # instance mapper's `filter_empty_instances`. Semantic targets are never empty.
+  keep = np.arange(len(masks)) if task == "panoptic" else np.flatnonzero(areas > 0)
   if len(keep) > num_targets:
-    logging.warning("record %s has %d %s targets; keeping the %d largest (num_targets)",
-                    record.get("image_id"), len(keep), task, num_targets)
+    logging.warning("record %s has %d %s targets; keeping the %d largest (num_targets), "
+                    "dropping %d: raise data.num_targets to keep them",
+                    record.get("image_id"), len(keep), task, num_targets,
+                    len(keep) - num_targets)
     keep = np.sort(keep[np.argsort(-areas[keep], kind="stable")[:num_targets]])
   n = len(keep)
   out_labels = np.zeros((num_targets,), np.int32)  # [M]

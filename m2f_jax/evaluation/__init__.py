@@ -14,6 +14,7 @@ CLIs over files on disk: `python -m m2f_jax.evaluation.panoptic --help` (PQ of
 COCO-panoptic-format predictions).
 """
 
+import collections
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 from typing import Any
@@ -40,11 +41,16 @@ def _update_panoptic(metric, result, annotation, image_id):
 
 
 def _update_instance(metric, result, annotation, image_id):
+  """Instance annotations when the record has them (COCO: instances_val2017.json, as
+  Detectron2 evaluates), else the thing segments of its panoptic map; returns which."""
   gt = targets.instance_annotations(annotation)
+  source = ("instance annotations" if "instances" in annotation
+            else "thing segments of the panoptic annotations")
   r = result["instances"]
   metric.update(image_id=image_id, pred_masks=r["masks"], pred_scores=r["scores"],
                 pred_classes=r["classes"], gt_masks=gt["masks"], gt_classes=gt["category_id"],
                 gt_iscrowd=gt["iscrowd"])
+  return source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +61,13 @@ class EvaluatorSpec:
     needs: the key of `inference.postprocess` results it reads ("sem_seg", "panoptic_seg"
       or "instances").
     make: `make(categories=..., ignore_label=...)` -> the streaming metric.
-    update: `update(metric, result, annotation, image_id)` for one image.
+    update: `update(metric, result, annotation, image_id)` for one image; returns a name
+      of the ground truth it used when there is a choice (counted in the report under
+      "ground_truth"), else None.
   """
   needs: str
   make: Callable[..., Any]
-  update: Callable[[Any, Mapping[str, Any], Mapping[str, Any], int], None]
+  update: Callable[[Any, Mapping[str, Any], Mapping[str, Any], int], str | None]
 
 
 EVALUATORS: dict[str, EvaluatorSpec] = {
@@ -91,6 +99,7 @@ class ImageEvaluator:
                        f"{sorted(EVALUATORS)}")
     self.name = name  # the spec is looked up by name: evaluators pickle (multi-host merge)
     self.metric = self.spec.make(categories=categories, ignore_label=ignore_label)
+    self.ground_truth = collections.Counter()  # images per ground-truth source
 
   @property
   def spec(self) -> EvaluatorSpec:
@@ -98,13 +107,20 @@ class ImageEvaluator:
 
   def update(self, *, result: Mapping[str, Any], annotation: Mapping[str, Any],
              image_id: int):
-    self.spec.update(self.metric, result, annotation, image_id)
+    source = self.spec.update(self.metric, result, annotation, image_id)
+    if source is not None:
+      self.ground_truth[source] += 1
 
   def merge(self, other: "ImageEvaluator"):
     self.metric.merge(other.metric)
+    self.ground_truth.update(other.ground_truth)
 
-  def compute(self) -> dict[str, dict[str, float]]:
-    return self.metric.compute()
+  def compute(self) -> dict[str, Any]:
+    """The metric's report sections, and {"ground_truth": {name: {source: images}}}."""
+    report = dict(self.metric.compute())
+    if self.ground_truth:
+      report["ground_truth"] = {self.name: dict(self.ground_truth)}
+    return report
 
 
 def make_evaluators(names: Sequence[str], *, categories: Sequence[Mapping[str, Any]],

@@ -90,8 +90,13 @@ Put (or link) the COCO 2017 release in the manual dir (data.source_dir), which t
 Nothing is downloaded."""
 _PANOPTIC_PNGS = """
   panoptic_train2017/*.png, panoptic_val2017/*.png   (the zips inside
-      panoptic_annotations_trainval2017.zip; also found under annotations/)"""
+      panoptic_annotations_trainval2017.zip; also found under annotations/)
+  annotations/instances_val2017.json (optional: when present, validation examples carry
+      its instance masks, the ground truth of Detectron2's instance AP of panoptic models)"""
 _FIELDS = ("json_file", "image_dir", "panoptic_dir")
+_INSTANCE_FEATURES = tfds.features.Sequence({
+    "masks": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+    "category_id": np.int32, "iscrowd": np.bool_})
 
 
 @dataclasses.dataclass(eq=False)
@@ -157,6 +162,9 @@ def _split_files(builder, dl_manager, *, panoptic: bool) -> dict[str, dict[str, 
             f"COCO panoptic PNGs of {split} not found: neither {candidates[0]} nor "
             f"{candidates[1]} exists (unzip annotations/panoptic_{folder}.zip there)")
       files[split]["panoptic_dir"] = os.fspath(found[0])
+      instances = root / "annotations" / f"instances_{folder}.json"
+      if split == "validation" and instances.is_file():
+        files[split]["instances_json"] = os.fspath(instances)
   return files
 
 
@@ -232,11 +240,62 @@ def _split_generators(builder, dl_manager, *, panoptic: bool):
           for split in files}
 
 
-class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """COCO panoptic segmentation: image, panoptic ids, semantic map, segments."""
+def _decode_instances(annotations, height: int, width: int, *, by_dataset_id, json_file: str,
+                      file_name: str, notes: list[str]) -> dict[str, Any]:
+  """One image's COCO instance annotations -> PNG masks, contiguous classes, crowd flags.
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  Polygons are merged per instance and RLEs (compressed or not) decoded with pycocotools;
+  an instance whose polygons all have fewer than 3 points is dropped and noted (as
+  Detectron2 drops it).
+  """
+  masks, category, crowd = [], [], []
+  for a in annotations:
+    where = f"image {file_name}: annotation {a.get('id')}"
+    if a.get("category_id") not in by_dataset_id:
+      raise builders.BadInputError(
+          json_file, f"{where} has the unknown category_id {a.get('category_id')} (not "
+                     f"among its {len(by_dataset_id)} categories)")
+    segmentation = a.get("segmentation")
+    if isinstance(segmentation, dict):  # RLE, compressed (str) or not (list of counts)
+      size = tuple(segmentation.get("size", ()))
+      if len(size) != 2:
+        raise builders.BadInputError(json_file, f"{where}: its RLE has no [H, W] 'size'")
+      if size != (height, width):
+        raise builders.BadInputError(
+            json_file, f"{where}: its RLE mask is {size[0]}x{size[1]} (HxW) but the image "
+                       f"is {height}x{width}")
+      rle = segmentation
+      if isinstance(rle.get("counts"), list):
+        rle = mask_util.frPyObjects(rle, height, width)
+      mask = mask_util.decode(rle)  # [H, W]
+    elif isinstance(segmentation, list) and segmentation:  # polygons
+      polygons = [p for p in segmentation if len(p) % 2 == 0 and len(p) >= 6]
+      if not polygons:
+        notes.append(f"{json_file}: {where}: no polygon with 3 or more points")
+        continue
+      mask = mask_util.decode(mask_util.merge(
+          mask_util.frPyObjects(polygons, height, width)))  # [H, W]
+    else:
+      raise builders.BadInputError(json_file, f"{where} has no segmentation (polygons "
+                                              "or RLE)")
+    masks.append(builders.encode_png(mask.astype(np.uint8)))
+    category.append(by_dataset_id[a["category_id"]]["id"])
+    crowd.append(bool(a.get("iscrowd", 0)))
+  return {"masks": masks, "category_id": np.array(category, np.int32),
+          "iscrowd": np.array(crowd, bool)}
+
+
+class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """COCO panoptic segmentation: image, panoptic ids, semantic map, segments.
+
+  Validation examples of the release also carry the instances of instances_val2017.json
+  when it is there (`has_instances`), which instance AP is computed against, as Detectron2
+  does for panoptic models.
+  """
+
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Instances of instances_val2017.json on validation examples."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT.format(kind="panoptic", pngs=_PANOPTIC_PNGS)
   # tfds looks a builder's file up with importlib_resources (not installed); it is known.
   code_path = epath.Path(__file__)
@@ -252,6 +311,9 @@ class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                      "segments_info": tfds.features.Sequence({
                          "id": np.int32, "category_id": np.int32,
                          "iscrowd": np.bool_, "isthing": np.bool_}),
+                     # From instances_val2017.json when the release has it (validation).
+                     "has_instances": np.bool_,
+                     "instances": _INSTANCE_FEATURES,
                  })
 
   def _split_generators(self, dl_manager):
@@ -261,9 +323,13 @@ class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     json_file = files["json_file"]
     by_dataset_id = {c["dataset_id"]: c for c in categories}
     annotations = {a["image_id"]: a for a in dataset.get("annotations", [])}
+    instances_json = files.get("instances_json")
+    per_image = collections.defaultdict(list)
+    if instances_json:  # COCO's instance ids are the panoptic things' ids
+      for a in _load_json(instances_json).get("annotations", []):
+        per_image[a["image_id"]].append(a)
 
     def process(item, notes):
-      del notes
       index, image_info = item
       file_name = image_info["file_name"]
       image_path = os.path.join(files["image_dir"], file_name)
@@ -305,6 +371,11 @@ class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           "segments_info": {
               "id": segment_ids, "category_id": category, "isthing": isthing,
               "iscrowd": np.array([bool(s.get("iscrowd", 0)) for s in segments], bool)},
+          "has_instances": bool(instances_json),
+          "instances": _decode_instances(
+              per_image.get(image_info.get("id"), []) if instances_json else [], *size,
+              by_dataset_id=by_dataset_id, json_file=instances_json or json_file,
+              file_name=file_name, notes=notes),
           "image_id": _image_id(image_info, index),
           "file_name": file_name,
       }
@@ -323,12 +394,7 @@ class CocoInstance(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return _info(self, panoptic=False, homepage="https://cocodataset.org/#detection-2020",
-                 annotations={
-                     "instances": tfds.features.Sequence({
-                         "masks": tfds.features.Image(shape=(None, None, 1),
-                                                      encoding_format="png"),
-                         "category_id": np.int32, "iscrowd": np.bool_}),
-                 })
+                 annotations={"instances": _INSTANCE_FEATURES})
 
   def _split_generators(self, dl_manager):
     return _split_generators(self, dl_manager, panoptic=False)
@@ -346,43 +412,12 @@ class CocoInstance(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       image_path = os.path.join(files["image_dir"], file_name)
       image, (height, width) = builders.read_image(image_path)
       _check_declared_size(image_path, image_info, (height, width), json_file)
-      masks, category, crowd = [], [], []
-      for a in per_image.get(image_info.get("id"), []):
-        where = f"image {file_name}: annotation {a.get('id')}"
-        if a.get("category_id") not in by_dataset_id:
-          raise builders.BadInputError(
-              json_file, f"{where} has the unknown category_id {a.get('category_id')} (not "
-                         f"among its {len(categories)} categories)")
-        segmentation = a.get("segmentation")
-        if isinstance(segmentation, dict):  # RLE, compressed (str) or not (list of counts)
-          size = tuple(segmentation.get("size", ()))
-          if len(size) != 2:
-            raise builders.BadInputError(json_file, f"{where}: its RLE has no [H, W] 'size'")
-          if size != (height, width):
-            raise builders.BadInputError(
-                json_file, f"{where}: its RLE mask is {size[0]}x{size[1]} (HxW) but the image "
-                           f"is {height}x{width}")
-          rle = segmentation
-          if isinstance(rle.get("counts"), list):
-            rle = mask_util.frPyObjects(rle, height, width)
-          mask = mask_util.decode(rle)  # [H, W]
-        elif isinstance(segmentation, list) and segmentation:  # polygons
-          polygons = [p for p in segmentation if len(p) % 2 == 0 and len(p) >= 6]
-          if not polygons:
-            notes.append(f"{json_file}: {where}: no polygon with 3 or more points")
-            continue
-          mask = mask_util.decode(mask_util.merge(
-              mask_util.frPyObjects(polygons, height, width)))  # [H, W]
-        else:
-          raise builders.BadInputError(json_file, f"{where} has no segmentation (polygons "
-                                                  "or RLE)")
-        masks.append(builders.encode_png(mask.astype(np.uint8)))
-        category.append(by_dataset_id[a["category_id"]]["id"])
-        crowd.append(bool(a.get("iscrowd", 0)))
+      instances = _decode_instances(per_image.get(image_info.get("id"), []), height, width,
+                                    by_dataset_id=by_dataset_id, json_file=json_file,
+                                    file_name=file_name, notes=notes)
       return file_name, {
           "image": image,
-          "instances": {"masks": masks, "category_id": np.array(category, np.int32),
-                        "iscrowd": np.array(crowd, bool)},
+          "instances": instances,
           "image_id": _image_id(image_info, index),
           "file_name": file_name,
       }
