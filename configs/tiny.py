@@ -16,8 +16,9 @@ def get_config(arg: str = ""):
   del arg
   backbone = ml_collections.ConfigDict(dict(
       name="resnet", depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=16,
-      layer_type="bottleneck", downsample_in_bottleneck=False))
-  model = config_lib.model_config(backbone, num_classes=6, num_queries=16)
+      layer_type="bottleneck", downsample_in_bottleneck=False,
+      norm="group_norm"))  # trained from scratch: a normalization that normalizes
+  model = config_lib.model_config(backbone, num_classes=7, num_queries=16)
   model.update(hidden_dim=64, feature_size=64, mask_feature_size=64, encoder_layers=2,
                encoder_feedforward_dim=128, encoder_num_heads=4, decoder_layers=4, num_heads=4,
                dim_feedforward=128)
@@ -26,7 +27,7 @@ def get_config(arg: str = ""):
   config.data.update(image_size=(128, 128), num_targets=12, scale_range=None, num_train=2000,
                      num_val=100, seed=0, worker_count=0, read_threads=0, prefetch=0)
   config.loss.train_num_points = 1024
-  config.eval.batch_size = 8
+  config.eval.update(batch_size=8, min_size=128, max_size=128)  # fit the longest side to 128
   config.optim.learning_rate = 1e-3
   config.optim.backbone_multiplier = 1.0
   return config

@@ -41,6 +41,9 @@ def save_model(directory: str, config: ml_collections.ConfigDict, variables, *,
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+  # Collections the model does not have (batch_stats of a GroupNorm ResNet or of Swin) are
+  # left out, so the saved tree is the model's own (`load_model` restores into it).
+  variables = {k: v for k, v in variables.items() if k == "params" or jax.tree.leaves(v)}
   try:
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, VARIABLES_DIR), jax.tree.map(np.asarray, variables))
@@ -92,7 +95,7 @@ def _restore_training_weights(state_dir: str, model):
   restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
-  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  return restored
 
 
 def load_for_inference(path: str, config: ml_collections.ConfigDict | None = None):

@@ -27,6 +27,7 @@ def resnet_backbone(depth: int = 50) -> ml_collections.ConfigDict:
       embedding_size=64,
       layer_type="bottleneck",
       downsample_in_bottleneck=False,  # STRIDE_IN_1X1: False
+      norm="frozen_bn",  # NORM: "FrozenBN"; "group_norm" for a backbone trained from scratch
   ))
 
 

@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -186,3 +187,33 @@ def test_frozen_batchnorm_has_no_gradient_and_ignores_train():
   assert any(float(jnp.abs(g).max()) > 0.0 for g in conv_grads)
   np.testing.assert_array_equal(loss(variables["params"], True),
                                 loss(variables["params"], False))
+
+
+def test_group_norm_variant_has_no_statistics_and_trains():
+  """norm="group_norm" (a backbone trained from scratch): no batch_stats, trainable affine."""
+  from m2f_jax.training import optimizer  # pylint: disable=g-import-not-at-top
+  model = resnet.ResNet(**TINY, norm="group_norm")
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3)) * 50.0 + 20.0
+  variables = model.init(jax.random.PRNGKey(1), images)
+  assert set(variables) == {"params"}
+  features = model.apply(variables, images)
+  assert features["res2"].shape == (2, 16, 16, TINY["hidden_sizes"][0])
+  assert np.isfinite(features["res5"]).all()
+  flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  norm_paths = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in flat
+                if "group_norm" in str(path)]
+  assert norm_paths and not any("normalization" in p for p in norm_paths)
+  # Under the optimizer's rules the GroupNorm affine is trained (not the frozen-BN rule).
+  params = {"pixel_level_module": {"encoder": variables["params"]}}
+  cfg = ml_collections.ConfigDict(dict(
+      optimizer="adamw", learning_rate=1e-3, weight_decay=0.05, backbone_multiplier=1.0,
+      clip_grad_norm=0.0, warmup_steps=0, warmup_factor=1.0, lr_schedule="poly",
+      decay_steps=[], decay_factor=0.1, poly_power=0.9, max_steps=10))
+  tx = optimizer.make_optimizer(cfg, params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  scales = [u for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+            if "group_norm" in str(path)]
+  assert scales and all(np.abs(np.asarray(u)).min() > 0 for u in scales)
+  with pytest.raises(ValueError, match="norm='batch_norm'"):
+    resnet.ResNet(**TINY, norm="batch_norm").init(jax.random.PRNGKey(1), images)

@@ -74,7 +74,9 @@ def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
   if cfg.name == "resnet":
     return ResNet(depths=tuple(cfg.depths), hidden_sizes=tuple(cfg.hidden_sizes),
                   embedding_size=cfg.embedding_size, layer_type=cfg.layer_type,
-                  downsample_in_bottleneck=cfg.downsample_in_bottleneck, dtype=dtype)
+                  downsample_in_bottleneck=cfg.downsample_in_bottleneck,
+                  # Configs written before `norm` existed are frozen-BN models.
+                  norm=cfg.get("norm", "frozen_bn"), dtype=dtype)
   if cfg.name == "swin":
     return Swin(embed_dim=cfg.embed_dim, depths=tuple(cfg.depths),
                 num_heads=tuple(cfg.num_heads), window_size=cfg.window_size,

@@ -48,6 +48,7 @@ def initialize_from(path: str, state: TrainState, backbone: str) -> TrainState:
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   if os.path.isdir(path):
     _, _, loaded = model_checkpoint.load_model(path)
+    loaded = {"batch_stats": {}, **loaded}  # models without batch_stats save none
     shapes = jax.tree.map(np.shape, variables)
     if jax.tree.map(np.shape, dict(loaded)) != shapes:
       raise ValueError(f"init_from={path}: its variables do not match this config's model "

@@ -83,16 +83,30 @@ class FrozenBatchNorm(nn.Module):
     return (x.astype(jnp.float32) * mul + (bias - mean * mul)).astype(self.dtype)
 
 
+NORMS = ("frozen_bn", "group_norm")
+
+
+def _norm_layer(norm: str, features: int, dtype):
+  """The normalization after each convolution (see `ResNet.norm`)."""
+  if norm == "frozen_bn":
+    return FrozenBatchNorm(dtype=dtype, name="normalization")
+  if norm == "group_norm":  # 32 groups, or fewer for narrow layers (e.g. the tiny model's)
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if features % g == 0)
+    return nn.GroupNorm(num_groups=groups, dtype=dtype, name="group_norm")
+  raise ValueError(f"ResNet norm={norm!r} is not supported; use one of {NORMS}.")
+
+
 class ConvNorm(nn.Module):
-  """Convolution (no bias), frozen BatchNorm, optional activation.
+  """Convolution (no bias), normalization (frozen BatchNorm by default), optional activation.
 
   transformers' `ResNetConvLayer` (and `ResNetShortCut` with kernel 1 and no activation);
-  Detectron2's `Conv2d(..., norm=FrozenBatchNorm2d)`.
+  Detectron2's `Conv2d(..., norm=FrozenBatchNorm2d)` (or `norm="GN"`).
   """
   features: int
   kernel_size: int
   stride: int = 1
   activation: str | None = "relu"
+  norm: str = "frozen_bn"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -100,7 +114,7 @@ class ConvNorm(nn.Module):
     k, p = self.kernel_size, self.kernel_size // 2
     x = Conv(self.features, k, stride=self.stride, padding=p, use_bias=False,
              dtype=self.dtype, kernel_init=_conv_init, name="convolution")(x)
-    x = FrozenBatchNorm(dtype=self.dtype, name="normalization")(x)
+    x = _norm_layer(self.norm, self.features, self.dtype)(x)
     return _activation(self.activation)(x)
 
 
@@ -112,12 +126,13 @@ class ResNetEmbeddings(nn.Module):
   """
   embedding_size: int = 64
   hidden_act: str = "relu"
+  norm: str = "frozen_bn"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = ConvNorm(self.embedding_size, 7, stride=2, activation=self.hidden_act,
-                 dtype=self.dtype, name="embedder")(x)
+                 norm=self.norm, dtype=self.dtype, name="embedder")(x)
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -132,6 +147,7 @@ class BottleneckLayer(nn.Module):
   reduction: int = 4
   downsample_in_bottleneck: bool = False
   hidden_act: str = "relu"
+  norm: str = "frozen_bn"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -139,15 +155,16 @@ class BottleneckLayer(nn.Module):
     residual = x
     if x.shape[-1] != self.features or self.stride != 1:
       residual = ConvNorm(self.features, 1, stride=self.stride, activation=None,
-                          dtype=self.dtype, name="shortcut")(x)
+                          norm=self.norm, dtype=self.dtype, name="shortcut")(x)
     reduced = self.features // self.reduction
     stride_1x1, stride_3x3 = ((self.stride, 1) if self.downsample_in_bottleneck
                               else (1, self.stride))
-    h = ConvNorm(reduced, 1, stride=stride_1x1, activation=self.hidden_act, dtype=self.dtype,
-                 name="layer_0")(x)
-    h = ConvNorm(reduced, 3, stride=stride_3x3, activation=self.hidden_act, dtype=self.dtype,
-                 name="layer_1")(h)
-    h = ConvNorm(self.features, 1, activation=None, dtype=self.dtype, name="layer_2")(h)
+    h = ConvNorm(reduced, 1, stride=stride_1x1, activation=self.hidden_act, norm=self.norm,
+                 dtype=self.dtype, name="layer_0")(x)
+    h = ConvNorm(reduced, 3, stride=stride_3x3, activation=self.hidden_act, norm=self.norm,
+                 dtype=self.dtype, name="layer_1")(h)
+    h = ConvNorm(self.features, 1, activation=None, norm=self.norm, dtype=self.dtype,
+                 name="layer_2")(h)
     return _activation(self.hidden_act)(h + residual)
 
 
@@ -159,6 +176,7 @@ class BasicLayer(nn.Module):
   features: int
   stride: int = 1
   hidden_act: str = "relu"
+  norm: str = "frozen_bn"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -166,10 +184,11 @@ class BasicLayer(nn.Module):
     residual = x
     if x.shape[-1] != self.features or self.stride != 1:
       residual = ConvNorm(self.features, 1, stride=self.stride, activation=None,
-                          dtype=self.dtype, name="shortcut")(x)
+                          norm=self.norm, dtype=self.dtype, name="shortcut")(x)
     h = ConvNorm(self.features, 3, stride=self.stride, activation=self.hidden_act,
-                 dtype=self.dtype, name="layer_0")(x)
-    h = ConvNorm(self.features, 3, activation=None, dtype=self.dtype, name="layer_1")(h)
+                 norm=self.norm, dtype=self.dtype, name="layer_0")(x)
+    h = ConvNorm(self.features, 3, activation=None, norm=self.norm, dtype=self.dtype,
+                 name="layer_1")(h)
     return _activation(self.hidden_act)(h + residual)
 
 
@@ -182,6 +201,7 @@ class ResNetStage(nn.Module):
   reduction: int = 4
   downsample_in_bottleneck: bool = False
   hidden_act: str = "relu"
+  norm: str = "frozen_bn"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -194,10 +214,10 @@ class ResNetStage(nn.Module):
             # transformers applies downsample_in_bottleneck to the first layer only; the
             # other layers have stride 1, where it makes no difference.
             downsample_in_bottleneck=self.downsample_in_bottleneck and j == 0,
-            hidden_act=self.hidden_act, dtype=self.dtype, name=f"layers_{j}")
+            hidden_act=self.hidden_act, norm=self.norm, dtype=self.dtype, name=f"layers_{j}")
       else:
         layer = BasicLayer(self.features, stride=stride, hidden_act=self.hidden_act,
-                           dtype=self.dtype, name=f"layers_{j}")
+                           norm=self.norm, dtype=self.dtype, name=f"layers_{j}")
       x = layer(x)
     return x
 
@@ -211,6 +231,7 @@ class ResNetEncoder(nn.Module):
   downsample_in_bottleneck: bool = False
   downsample_in_first_stage: bool = False
   hidden_act: str = "relu"
+  norm: str = "frozen_bn"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -221,7 +242,8 @@ class ResNetEncoder(nn.Module):
       x = ResNetStage(features, depth, stride, layer_type=self.layer_type,
                       reduction=self.reduction,
                       downsample_in_bottleneck=self.downsample_in_bottleneck,
-                      hidden_act=self.hidden_act, dtype=self.dtype, name=f"stages_{i}")(x)
+                      hidden_act=self.hidden_act, norm=self.norm, dtype=self.dtype,
+                      name=f"stages_{i}")(x)
       outputs.append(x)
     return tuple(outputs)
 
@@ -239,6 +261,9 @@ class ResNet(nn.Module):
     downsample_in_first_stage: let res2 stride too (doubles every output stride).
     reduction: bottleneck width = hidden_size // reduction (transformers fixes it at 4).
     hidden_act: the activation ("relu" everywhere in Mask2Former).
+    norm: "frozen_bn" (the official, for ImageNet-initialized backbones: checkpoints carry
+      the statistics) or "group_norm" (trainable GroupNorm, for a backbone trained from
+      scratch, e.g. the tiny CPU model: frozen BN at its initial values normalizes nothing).
     dtype: computation dtype; parameters are float32 and BatchNorm computes in float32.
   """
   depths: Sequence[int]
@@ -249,6 +274,7 @@ class ResNet(nn.Module):
   downsample_in_first_stage: bool = False
   reduction: int = 4
   hidden_act: str = "relu"
+  norm: str = "frozen_bn"
   dtype: Any = jnp.float32
 
   @property
@@ -278,13 +304,13 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet layer_type={self.layer_type!r}; use 'bottleneck' or 'basic'.")
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"ResNet expects images [B, H, W, 3] (NHWC), got {images.shape}.")
-    x = ResNetEmbeddings(self.embedding_size, hidden_act=self.hidden_act, dtype=self.dtype,
-                         name="embedder")(images)  # [B, H/4, W/4, E]
+    x = ResNetEmbeddings(self.embedding_size, hidden_act=self.hidden_act, norm=self.norm,
+                         dtype=self.dtype, name="embedder")(images)  # [B, H/4, W/4, E]
     stages = ResNetEncoder(
         self.depths, self.hidden_sizes, layer_type=self.layer_type, reduction=self.reduction,
         downsample_in_bottleneck=self.downsample_in_bottleneck,
         downsample_in_first_stage=self.downsample_in_first_stage,
-        hidden_act=self.hidden_act, dtype=self.dtype, name="encoder")(x)
+        hidden_act=self.hidden_act, norm=self.norm, dtype=self.dtype, name="encoder")(x)
     return dict(zip(FEATURE_NAMES, stages))  # res_k: [B, H/2^k, W/2^k, C_k]
 
 
