@@ -13,8 +13,6 @@ are restored, so `eval.py`, `predict` and notebooks need nothing of training.
 
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import ml_collections
@@ -22,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from m2f_jax import sharding
+from m2f_jax.atomic_dir import atomic_directory
 from m2f_jax.models.mask2former import abstract_variables
 from m2f_jax.models.mask2former import build_model
 
@@ -38,28 +37,15 @@ def save_model(directory: str, config: ml_collections.ConfigDict, variables, *,
   if os.path.exists(directory) and os.listdir(directory) and not overwrite:
     raise FileExistsError(f"{directory} exists and is not empty; choose another --output or "
                           "pass --overwrite to replace it")
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
   # Collections the model does not have (batch_stats of a GroupNorm ResNet or of Swin) are
   # left out, so the saved tree is the model's own (`load_model` restores into it).
   variables = {k: v for k, v in variables.items() if k == "params" or jax.tree.leaves(v)}
-  try:
+  with atomic_directory(directory) as tmp:
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, VARIABLES_DIR), jax.tree.map(np.asarray, variables))
       ckptr.wait_until_finished()
     with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
       f.write(config.to_json(indent=2))
-    if os.path.exists(directory):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
-      os.rename(directory, os.path.join(old, "d"))
-      os.rename(tmp, directory)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return directory
 
 

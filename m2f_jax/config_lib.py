@@ -6,6 +6,9 @@ so no field is written twice. Values follow the official Detectron2 configs
 transformers' `Mask2FormerConfig` where one exists, so HF checkpoints map one to one.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from m2f_jax.data import datasets
@@ -212,3 +215,16 @@ def backbone_from_arg(arg: str) -> ml_collections.ConfigDict:
   if arg in swins:
     return swin_backbone(swins[arg])
   raise ValueError(f"unknown backbone {arg!r}: use one of {sorted(resnets) + sorted(swins)}")
+
+
+def load_config_file(config_arg: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` (as train.py's --config) -> the ConfigDict of its get_config."""
+  path, _, arg = config_arg.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} not found (from --config {config_arg!r})")
+  spec = importlib.util.spec_from_file_location("_m2f_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} has no get_config(arg) function")
+  return module.get_config(arg) if arg else module.get_config()

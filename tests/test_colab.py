@@ -15,7 +15,6 @@ is in the output. It also checks that the committed notebook has no outputs.
 import base64
 import io
 import json
-import os
 import pathlib
 import shutil
 import subprocess

@@ -9,7 +9,6 @@ Nothing is written unless the whole checkpoint converts.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -17,17 +16,6 @@ import sys
 from m2f_jax import checkpoint
 from m2f_jax import config_lib
 from m2f_jax.convert import core
-
-
-def load_config_file(spec: str):
-  """`path/to/config.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path} not found")
-  module_spec = importlib.util.spec_from_file_location("_m2f_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def main(argv=None) -> int:
@@ -56,7 +44,7 @@ def main(argv=None) -> int:
         hf_cfg = json.load(f)
       model_cfg = hf.hf_config_to_model_config(hf_cfg)
       if args.config:
-        config = load_config_file(args.config)
+        config = config_lib.load_config_file(args.config)
       else:  # a transformers directory does not say what data it was trained on
         config = config_lib.base_config(model=model_cfg, dataset="coco_format",
                                         task="panoptic", max_steps=0)
@@ -67,7 +55,7 @@ def main(argv=None) -> int:
     else:
       if not args.config:
         parser.error("--from detectron2 needs --config (the config the checkpoint was trained with)")
-      config = load_config_file(args.config)
+      config = config_lib.load_config_file(args.config)
       _, variables = detectron2.load_detectron2(args.source, config.model)
   except (core.ConversionError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

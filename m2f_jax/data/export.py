@@ -35,18 +35,17 @@ failed export leaves nothing half-written; an existing non-empty folder is refus
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 import PIL.Image
 
 from m2f_jax.data.panoptic_png import OFFSET
+from m2f_jax import config_lib
+from m2f_jax.atomic_dir import atomic_directory
 from m2f_jax.data.panoptic_png import write_panoptic_png
 
 JSON_NAME = "panoptic.json"
@@ -56,15 +55,7 @@ PANOPTIC_DIR = "panoptic"
 
 def load_data_config(config_arg: str):
   """The `data` section of a config file given as `FILE[:arg]` (as train.py's --config)."""
-  path, _, arg = config_arg.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--config {config_arg!r}: no file {path}")
-  spec = importlib.util.spec_from_file_location("_export_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"--config {path} has no get_config(arg) function")
-  config = module.get_config(arg) if arg else module.get_config()
+  config = config_lib.load_config_file(config_arg)
   if "data" not in config:
     raise ValueError(f"--config {config_arg}: the config has no 'data' section")
   return config.data
@@ -148,10 +139,7 @@ def export(data_cfg, split: str, output: str, *, num_examples: int | None = None
   json_ids = [int(c.get("dataset_id", c["id"])) for c in categories]
   total = len(source) if num_examples is None else min(int(num_examples), len(source))
 
-  parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
-  try:
+  with atomic_directory(output) as tmp:
     os.makedirs(os.path.join(tmp, IMAGE_DIR))
     os.makedirs(os.path.join(tmp, PANOPTIC_DIR))
     images, annotations, seen_ids = [], [], set()
@@ -192,16 +180,6 @@ def export(data_cfg, split: str, output: str, *, num_examples: int | None = None
     }
     with open(os.path.join(tmp, JSON_NAME), "w") as f:
       json.dump(dataset_json, f)
-    if os.path.exists(output):  # empty, or to be overwritten: moved aside, then removed
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=parent)
-      os.rename(output, os.path.join(old, "x"))
-      os.rename(tmp, output)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return os.path.join(output, JSON_NAME)
 
 
