@@ -24,10 +24,15 @@ def get_config(arg: str = ""):
                dim_feedforward=128)
   config = config_lib.base_config(model=model, dataset="synthetic", task="panoptic",
                                   max_steps=600, lr_schedule="poly", batch_size=8)
-  config.data.update(image_size=(128, 128), num_targets=12, scale_range=None, num_train=2000,
+  config.data.update(image_size=(96, 96), num_targets=12, scale_range=None, num_train=2000,
                      num_val=100, seed=0, worker_count=0, read_threads=0, prefetch=0)
   config.loss.train_num_points = 1024
-  config.eval.update(batch_size=8, min_size=128, max_size=128)  # fit the longest side to 128
+  # Differs from the official 2.0 / 0.01 for a from-scratch model on a 10-minute budget:
+  # classification is its bottleneck (measured: 300 steps, class_weight 5 and no clipping
+  # gave PQ 9.0 / mIoU 18.1 against PQ 0 / mIoU 10.1 at the official values, 96x96).
+  config.loss.class_weight = 5.0
+  config.optim.clip_grad_norm = 0.0
+  config.eval.update(batch_size=8, min_size=96, max_size=96)  # fit the longest side to 96
   config.optim.learning_rate = 1e-3
   config.optim.backbone_multiplier = 1.0
   return config
