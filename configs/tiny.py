@@ -23,7 +23,7 @@ def get_config(arg: str = ""):
                encoder_feedforward_dim=128, encoder_num_heads=4, decoder_layers=4, num_heads=4,
                dim_feedforward=128)
   config = config_lib.base_config(model=model, dataset="synthetic", task="panoptic",
-                                  max_steps=600, lr_schedule="poly", batch_size=8)
+                                  max_steps=1200, lr_schedule="poly", batch_size=8)
   config.data.update(image_size=(96, 96), num_targets=12, scale_range=None, num_train=2000,
                      num_val=100, seed=0, worker_count=0, read_threads=0, prefetch=0)
   config.loss.train_num_points = 1024
