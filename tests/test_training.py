@@ -38,6 +38,10 @@ OVERRIDES = {
     "eval.batch_size": 8,
     "loss.train_num_points": 256,
     "optim.lr_schedule": "step",  # no decay steps, no warm-up: constant 1e-3
+    # The official clipping and class weight (the tiny main job departs from both): with
+    # clipping, float-rounding differences between device layouts stay within the tolerances.
+    "optim.clip_grad_norm": 0.01,
+    "loss.class_weight": 2.0,
     "train.log_every": 1,
 }
 RESUME_STEPS = 24  # the uninterrupted / interrupted runs (and the loss-falls test)
@@ -345,8 +349,10 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, cache_dir, uninterrup
   _assert_trees_close(final[0], final[1], rtol=1e-6, atol=1e-7, what="resumed")
   results = [_flat_numbers(json.loads((d / "eval_results.json").read_text()))
              for d in (tmp_path, reference_dir)]
-  for r in results:
+  for r in results:  # wall times differ between runs; compile counts and metrics do not
     del r["/seconds"]
+    for key in [k for k in r if k.startswith("/timing/") and k.endswith("_s")]:
+      del r[key]
   assert "/panoptic_seg/PQ" in results[0]
   assert results[0] == pytest.approx(results[1], nan_ok=True)
 
@@ -401,6 +407,9 @@ def _flat_numbers(tree, prefix="") -> dict:
 def _config(overrides: dict):
   from configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
+  # The official frozen-BN backbone: GroupNorm's reductions round differently per device
+  # layout (2.4e-4 relative in grad_norm at step 2, over these tests' tolerances).
+  config.model.backbone.norm = "frozen_bn"
   for key, value in {**OVERRIDES, **overrides}.items():
     section, field = key.split(".")
     config[section][field] = tuple(value) if isinstance(value, list) else value
