@@ -361,7 +361,9 @@ def test_loss_falls(uninterrupted):
   losses = [m["total_loss"] for m in _metrics(uninterrupted())]
   assert len(losses) == RESUME_STEPS
   first, last = np.mean(losses[:5]), np.mean(losses[-5:])
-  assert last < 0.75 * first and max(losses[-5:]) < min(losses[:5]), losses
+  # 24 steps on the synthetic data of issue #10 (class is shape or texture): measured
+  # last / first = 0.79 (0.6 on the earlier colour-coded data).
+  assert last < 0.85 * first and max(losses[-5:]) < min(losses[:5]), losses
 
 
 def test_non_finite_loss_stops_training(tmp_path, cache_dir, reference):
