@@ -1,0 +1,77 @@
+"""Mistakes a user can fix, and how the entry points report them: one or two lines, no trace.
+
+Raise `UserError` (or a subclass) where a user's input is wrong: its message says what was
+wrong, where (the file, flag or config key), and what to do. The entry points (`train.py`,
+`eval.py`, `python -m m2f_jax.predict`) run their main function under `reporting()`, which
+prints such an error as `error: <message>` on stderr and exits with status 2; the traceback is
+printed only with `--verbose` or the environment variable `M2F_VERBOSE=1`.
+
+  from m2f_jax.errors import UserError
+  raise UserError(f"{path}: 3 categories, but model.num_classes=7; set "
+                  "--config.model.num_classes=3")
+"""
+
+import contextlib
+import os
+import sys
+import traceback
+
+VERBOSE_ENV = "M2F_VERBOSE"
+EXIT_STATUS = 2  # as argparse / absl usage errors
+
+
+class UserError(Exception):
+  """A mistake in the user's input: the message says what, where, and what to do."""
+
+
+class ConfigError(UserError):
+  """A config value (or --config.* flag) that cannot work."""
+
+
+class DataError(UserError):
+  """A dataset that is missing, or whose contents do not fit the config."""
+
+
+class CheckpointError(UserError):
+  """A checkpoint that is missing, damaged, or of another model."""
+
+
+class WorkdirError(UserError):
+  """A workdir held by another run, or trained with an incompatible config."""
+
+
+def verbose(argv=None) -> bool:
+  """True with --verbose on the command line or M2F_VERBOSE=1 in the environment."""
+  argv = sys.argv if argv is None else argv
+  return (os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false", "False")
+          or "--verbose" in argv or "--verbose=true" in argv or "--verbose=True" in argv)
+
+
+def one_line(message: str, limit: int = 2) -> str:
+  """The first `limit` non-empty lines of `message` (errors print at most two lines)."""
+  lines = [l.rstrip() for l in str(message).splitlines() if l.strip()]
+  return "\n".join(lines[:limit])
+
+
+def report(exc: BaseException, *, file=None) -> None:
+  """Prints `error: <message>` (at most two lines), plus the hint to see the traceback."""
+  file = file or sys.stderr
+  name = "" if isinstance(exc, UserError) else f"{type(exc).__name__}: "
+  print(f"error: {name}{one_line(exc)}", file=file, flush=True)
+
+
+@contextlib.contextmanager
+def reporting(user_errors: tuple = ()):
+  """Turns `UserError` (and `user_errors`) into a short message and exit status 2.
+
+  With --verbose / M2F_VERBOSE=1 the exception propagates with its traceback.
+  """
+  try:
+    yield
+  except (UserError, *user_errors) as e:  # pylint: disable=broad-except
+    if verbose():
+      traceback.print_exc()
+    report(e)
+    if not verbose() and len(one_line(e).splitlines()) < 2:
+      print(f"  (traceback: --verbose or {VERBOSE_ENV}=1)", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_STATUS) from None
