@@ -116,3 +116,69 @@ def test_post_processing_compiles_once_per_padded_size(setup):
   assert len(padded) == 3 and len({r["image"].shape for r in records}) == 7
   # One batched stage and one per-image stage per padded size.
   assert inference.compilation_count() == 2 * len(padded)
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _evaluate_worker(job: dict):
+  """One of the processes of `test_two_processes_match_one_process`."""
+  jax.distributed.initialize(coordinator_address=job["coordinator"],
+                             num_processes=job["num_processes"], process_id=job["process_id"])
+  config = _tiny_config()
+  config.eval.batch_size = job["batch_size"]
+  model = build_model(config.model)
+  variables = model.init(jax.random.PRNGKey(3), np.zeros((1, 64, 64, 3), np.float32))
+  records = [dict(synthetic.generate_record(i, split="validation", image_size=size),
+                  image_id=i) for i, size in enumerate(SIZES)]
+  report = evaluate.evaluate(config=config, model=model, variables=variables,
+                             workdir=job["workdir"], source=records, num_visualizations=0)
+  with open(os.path.join(job["workdir"], f"report_{jax.process_index()}.json"), "w") as f:
+    json.dump({k: report[k] for k in ("num_images", "sem_seg", "panoptic_seg", "segm")}, f,
+              sort_keys=True)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(setup, tmp_path):
+  """Evaluation over 2 JAX processes (2 fake devices each): every process evaluates its own
+  share of the images on its own devices, the metrics are merged, and the report is the one
+  process's report exactly; both processes return it, process 0 writes eval_results.json."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  config, model, variables, records = setup
+  config.eval.batch_size = 8
+  one = evaluate.evaluate(config=config, model=model, variables=variables,
+                          workdir=str(tmp_path / "one"), source=records, num_visualizations=0)
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tests.test_evaluate", json.dumps({
+          "coordinator": f"127.0.0.1:{port}", "num_processes": 2, "process_id": i,
+          "batch_size": 8, "workdir": str(tmp_path)})],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for proc in procs:
+    try:
+      _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise
+    assert proc.returncode == 0, stderr[-4000:]
+  want = json.dumps({k: one[k] for k in ("num_images", "sem_seg", "panoptic_seg", "segm")},
+                    sort_keys=True)
+  for i in range(2):
+    assert (tmp_path / f"report_{i}.json").read_text() == want, f"process {i}"
+  written = json.loads((tmp_path / "eval_results.json").read_text())
+  assert written["num_images"] == len(SIZES)
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  _evaluate_worker(json.loads(sys.argv[1]))
