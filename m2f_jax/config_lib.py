@@ -134,6 +134,8 @@ def data_config(dataset: str, *, task: str | None = None,
       batch_size=batch_size,       # global batch over all hosts
       ignore_label=255,            # semantic label of unlabeled pixels
       num_targets=100,             # M: target masks per training image (padded)
+      frame_range=20,              # video: the other clip frames lie within +-this of a reference
+                                   # frame (official SAMPLING_FRAME_RANGE; video_pipeline)
       augmentation=spec.augmentation,  # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
       image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)
       scale_range=(0.1, 2.0),      # LSJ scale jitter ("synthetic": None = no jitter)

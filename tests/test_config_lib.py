@@ -51,7 +51,7 @@ def test_dataset_specs_are_consistent():
   for name, spec in datasets.DATASETS.items():
     assert spec.name == name
     assert spec.augmentation in transforms.AUGMENTATIONS
-    assert spec.task in ("semantic", "instance", "panoptic")
+    assert spec.task in ("semantic", "instance", "panoptic", "video_instance")
     assert (spec.builder is None) != (spec.memory_source is None), name
     for task, names in spec.evaluators.items():
       assert task in ("semantic", "instance", "panoptic") and set(names) <= set(

@@ -71,6 +71,19 @@ def _synthetic_categories(data_cfg) -> list[dict]:
   return [{k: c[k] for k in ("id", "name", "isthing")} for c in synthetic.CATEGORIES]
 
 
+def _synthetic_video_source(data_cfg, split: str):
+  """Clips of their own sizes and lengths (the training `image_size` is the crop)."""
+  from m2f_jax.data import synthetic_video  # pylint: disable=g-import-not-at-top
+  return synthetic_video.SyntheticVideoSource(
+      data_cfg.num_train if split == "train" else data_cfg.num_val, split=split,
+      seed=data_cfg.seed)
+
+
+def _synthetic_video_categories(data_cfg) -> list[dict]:
+  """The thing classes (ids 0..3 in the image dataset too): the tracks' categories."""
+  return [c for c in _synthetic_categories(data_cfg) if c["isthing"]]
+
+
 def _coco_builder(panoptic: bool):
   def build(data_cfg, build_kwargs):
     del data_cfg
@@ -183,6 +196,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
                 # The official panoptic config reports mIoU, PQ and instance AP (Cityscapes'
                 # own AP there; COCO-style mask AP here, over the panoptic thing segments).
                 evaluators={"panoptic": ALL_METRICS}),
+    # Video instance segmentation: moving shapes (thing tracks) over textured stuff.
+    DatasetSpec(name="synthetic_video", task="video_instance", augmentation="synthetic",
+                eval_size=(None, None), categories=_synthetic_video_categories,
+                memory_source=_synthetic_video_source),
     # Your own data in COCO panoptic or instance format (its own categories).
     DatasetSpec(name="coco_format", task="panoptic", augmentation="coco_lsj",
                 eval_size=(800, 1333), categories=_coco_format_categories,
