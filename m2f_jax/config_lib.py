@@ -87,6 +87,11 @@ def model_config(backbone: ml_collections.ConfigDict, num_classes: int,
       pixel_mean=IMAGENET_MEAN,  # the normalization the checkpoint expects (RGB, 0..255)
       pixel_std=IMAGENET_STD,
   ))
+      # Video instance segmentation (mask2former_video): clips [B, T, H, W, 3] in, one class
+      # per query and clip, masks [B, Q, T, H/4, W/4] (m2f_jax.models.video).
+      video=False,
+      # Video: backbone + pixel decoder on at most this many frames at a time (0: all; exact).
+      frame_chunk=0,
 
 
 def loss_config() -> ml_collections.ConfigDict:
@@ -137,6 +142,7 @@ def data_config(dataset: str, *, task: str | None = None,
       frame_range=20,              # video: the other clip frames lie within +-this of a reference
                                    # frame (official SAMPLING_FRAME_RANGE; video_pipeline)
       augmentation=spec.augmentation,  # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
+      num_frames=2,                # T: frames per training clip (video; official SAMPLING_FRAME_NUM)
       image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)
       scale_range=(0.1, 2.0),      # LSJ scale jitter ("synthetic": None = no jitter)
       # ADE20K / Cityscapes: shortest-edge choices and cap; None: the official values

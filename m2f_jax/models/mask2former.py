@@ -86,8 +86,12 @@ def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
   raise ValueError(f"model.backbone.name must be 'resnet' or 'swin', got {cfg.name!r}")
 
 
-def build_model(cfg: ml_collections.ConfigDict) -> Mask2Former:
-  """Mask2Former from the `model` section of a config (see `m2f_jax.config_lib`)."""
+def build_model(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """Mask2Former from the `model` section of a config (see `m2f_jax.config_lib`).
+
+  `model.video` selects the video model (`m2f_jax.models.video.VideoMask2Former`, clips
+  [B, T, H, W, 3] in) with the same parts.
+  """
   if cfg.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
   dtype = DTYPES[cfg.dtype]
@@ -102,12 +106,25 @@ def build_model(cfg: ml_collections.ConfigDict) -> Mask2Former:
       dim_feedforward=cfg.dim_feedforward, num_layers=cfg.decoder_layers - 1,
       pre_norm=cfg.pre_norm, enforce_input_projection=cfg.enforce_input_projection,
       mask_dim=cfg.mask_feature_size, dtype=dtype)
-  return Mask2Former(
-      pixel_level_module=PixelLevelModule(encoder=backbone, decoder=pixel_decoder),
-      transformer_module=transformer, num_classes=cfg.num_classes, dtype=dtype)
+  pixel_level_module = PixelLevelModule(encoder=backbone, decoder=pixel_decoder)
+  if cfg.get("video", False):
+    from m2f_jax.models.video import VideoMask2Former  # pylint: disable=g-import-not-at-top
+    return VideoMask2Former(
+        pixel_level_module=pixel_level_module, transformer_module=transformer,
+        num_classes=cfg.num_classes, frame_chunk=cfg.get("frame_chunk", 0), dtype=dtype)
+  return Mask2Former(pixel_level_module=pixel_level_module, transformer_module=transformer,
+                     num_classes=cfg.num_classes, dtype=dtype)
 
 
-def abstract_variables(model: Mask2Former):
+def example_input_shape(model: nn.Module, height: int = 64, width: int = 64,
+                        num_frames: int = 1) -> tuple[int, ...]:
+  """The shape of a one-element input batch of `model`: [1, H, W, 3] or [1, T, H, W, 3]."""
+  if getattr(model, "clip_input", False):
+    return (1, num_frames, height, width, 3)
+  return (1, height, width, 3)
+
+
+def abstract_variables(model: nn.Module):
   """The variable tree of `model` as ShapeDtypeStructs (nothing is computed or allocated)."""
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                           jnp.zeros((1, 64, 64, 3), jnp.float32)))
+                                           jnp.zeros(example_input_shape(model), jnp.float32)))

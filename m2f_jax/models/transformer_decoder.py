@@ -20,6 +20,16 @@ Each layer does masked cross-attention on one of the 3 feature levels (round rob
 self-attention among the queries, then an FFN. The attention mask of a layer comes from the
 mask prediction of the previous stage, resized to the level's size: positions where
 sigmoid(logit) < 0.5 are blocked, unless that blocks a query's whole row.
+
+Video (the official `VideoMultiScaleMaskedTransformerDecoder`, mask2former_video/modeling/
+transformer_decoder/video_mask2former_transformer_decoder.py) is the same module given clips:
+features `[B, T, h, w, C]` instead of `[B, h, w, C]`. The memory of a level is then all
+T * h * w positions (frame-major, as the official (T x HW) sequence) with the 3D sine
+encoding (`sine_position_embedding_3d`), the queries are shared by the frames, masks are
+`einsum(bqc,btchw->bqthw)`, and the attention mask is resized per frame, thresholded and
+flattened over T * h * w: a query attends everywhere only when its mask is empty in ALL
+frames. No padding mask (neither reference uses one). Parameter names are the image ones, as
+the official video decoder's are.
 """
 
 from collections.abc import Callable, Sequence
@@ -30,6 +40,7 @@ import jax.numpy as jnp
 
 from m2f_jax.models.conv import Conv
 from m2f_jax.models.position_encoding import sine_position_embedding
+from m2f_jax.models.position_encoding import sine_position_embedding_3d
 from m2f_jax.ops import resize_bilinear
 
 NUM_FEATURE_LEVELS = 3  # The official decoder always uses 3 scales.
@@ -48,17 +59,19 @@ def attention_mask(mask_logits: jnp.ndarray, height: int, width: int) -> jnp.nda
   everywhere instead. The same mask serves every head.
 
   Args:
-    mask_logits: [B, Q, H, W] mask logits of the previous stage.
+    mask_logits: [B, Q, H, W] mask logits of the previous stage, or [B, Q, T, H, W] for a
+      clip (each frame resized; the row is every frame's positions).
     height: height of the feature level the next layer attends to.
     width: width of that level.
 
   Returns:
-    [B, Q, height, width] bool, True = blocked. No gradient flows through it.
+    [B, Q, height, width] (or [B, Q, T, height, width]) bool, True = blocked. No gradient
+    flows through it.
   """
   logits = jax.lax.stop_gradient(mask_logits).astype(jnp.float32)
-  logits = resize_bilinear(logits, height, width)  # [B, Q, h, w]
+  logits = resize_bilinear(logits, height, width)  # [B, Q, (T,) h, w]
   blocked = jax.nn.sigmoid(logits) < 0.5
-  fully_blocked = jnp.all(blocked, axis=(-2, -1), keepdims=True)
+  fully_blocked = jnp.all(blocked, axis=tuple(range(2, blocked.ndim)), keepdims=True)
   return blocked & ~fully_blocked
 
 
@@ -229,14 +242,19 @@ class MaskPredictor(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask_features):
-    """x [B, Q, C], mask_features [B, H, W, mask_dim] -> float32 logits [B, Q, H, W]."""
+    """x [B, Q, C], mask_features [B, H, W, mask_dim] -> float32 logits [B, Q, H, W].
+
+    Clips: mask_features [B, T, H, W, mask_dim] -> [B, Q, T, H, W] (one embedding per query
+    for all frames, the official `einsum("bqc,btchw->bqthw")`).
+    """
     dims = (self.hidden_dim, self.hidden_dim, self.mask_dim)
     for i, dim in enumerate(dims):
       x = nn.Dense(dim, dtype=self.dtype, name=f"mask_embedder_{i}_0")(x)
       if i < len(dims) - 1:
         x = nn.relu(x)
-    return jnp.einsum("BQC,BHWC->BQHW", x, mask_features.astype(self.dtype),
-                      preferred_element_type=jnp.float32)  # [B, Q, H, W]
+    spec = "BQC,BHWC->BQHW" if mask_features.ndim == 4 else "BQC,BTHWC->BQTHW"
+    return jnp.einsum(spec, x, mask_features.astype(self.dtype),
+                      preferred_element_type=jnp.float32)  # [B, Q, (T,) H, W]
 
 
 class MaskedAttentionDecoder(nn.Module):
@@ -263,16 +281,16 @@ class MaskedAttentionDecoder(nn.Module):
     Args:
       x: [B, Q, C] initial query features.
       query_pos: [B, Q, C] query position embedding.
-      memories: 3 arrays [B, h_l * w_l, C], one per level.
-      memory_pos: 3 arrays [h_l * w_l, C].
+      memories: 3 arrays [B, S_l, C], one per level (S_l = h_l * w_l, or T * h_l * w_l).
+      memory_pos: 3 arrays [S_l, C].
       level_sizes: 3 (h_l, w_l) pairs.
-      mask_features: [B, H, W, mask_dim].
+      mask_features: [B, H, W, mask_dim] (or [B, T, H, W, mask_dim] for clips).
       train: enables dropout.
 
     Returns:
       hidden_states [L+1, B, Q, C] (after `layernorm`) and mask logits [L+1, B, Q, H, W]
-      (float32). The attention masks are sown as `intermediates/attention_masks`
-      ([B, Q, h, w] bool per layer) for inspection.
+      (or [L+1, B, Q, T, H, W]; float32). The attention masks are sown as
+      `intermediates/attention_masks` ([B, Q, (T,) h, w] bool per layer) for inspection.
     """
     layernorm = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="layernorm")
     mask_predictor = MaskPredictor(self.hidden_dim, self.mask_dim, self.dtype,
@@ -288,11 +306,11 @@ class MaskedAttentionDecoder(nn.Module):
     for i in range(self.num_layers):
       level = i % NUM_FEATURE_LEVELS
       self.sow("intermediates", "attention_masks", blocked)
-      b, q, h, w = blocked.shape
+      b, q = blocked.shape[:2]
       x = DecoderLayer(self.hidden_dim, self.num_heads, self.dim_feedforward, self.pre_norm,
                        self.dropout, self.dtype, name=f"layers_{i}")(
                            x, query_pos, memories[level], memory_pos[level],
-                           blocked=blocked.reshape(b, q, h * w), train=train)
+                           blocked=blocked.reshape(b, q, -1), train=train)
       normed, masks, blocked = predict(x, (i + 1) % NUM_FEATURE_LEVELS)
       all_states.append(normed)
       all_masks.append(masks)
@@ -335,27 +353,34 @@ class TransformerModule(nn.Module):
 
     Args:
       multi_scale_features: 3 arrays [B, h_l, w_l, C_in], coarsest first (the order the pixel
-        decoder returns them); layer i attends to level i % 3.
-      mask_features: [B, H, W, mask_dim] per-pixel mask features (stride 4).
+        decoder returns them); layer i attends to level i % 3. Clips: [B, T, h_l, w_l, C_in]
+        (the video decoder: memory over all T frames, 3D position encoding).
+      mask_features: [B, H, W, mask_dim] per-pixel mask features (stride 4); clips:
+        [B, T, H, W, mask_dim].
       train: enables dropout (needs a 'dropout' rng when `dropout` > 0).
 
     Returns:
       hidden_states: [L+1, B, Q, C] query states after the decoder's final layernorm (input
         of the class head); entry 0 comes from the learnable queries before any layer.
-      pred_masks: [L+1, B, Q, H, W] float32 mask logits.
+      pred_masks: [L+1, B, Q, H, W] float32 mask logits ([L+1, B, Q, T, H, W] for clips).
     """
     if len(multi_scale_features) != NUM_FEATURE_LEVELS:
       raise ValueError(f"TransformerModule: expected {NUM_FEATURE_LEVELS} feature levels, got "
                        f"{len(multi_scale_features)}.")
     shapes = [tuple(f.shape) for f in multi_scale_features]
+    rank = len(shapes[0])
     batch, in_channels = shapes[0][0], shapes[0][-1]
-    if any(len(s) != 4 or s[0] != batch or s[-1] != in_channels for s in shapes):
-      raise ValueError("TransformerModule: multi_scale_features must be NHWC arrays with one "
-                       f"batch size and channel count, got shapes {shapes}.")
-    if mask_features.ndim != 4 or mask_features.shape[0] != batch or (
+    frames = shapes[0][1:-3]  # () for images, (T,) for clips
+    if rank not in (4, 5) or any(len(s) != rank or s[0] != batch or s[1:-3] != frames
+                                 or s[-1] != in_channels for s in shapes):
+      raise ValueError("TransformerModule: multi_scale_features must be [B, h, w, C] (images) "
+                       "or [B, T, h, w, C] (clips) arrays with one batch size, frame count and "
+                       f"channel count, got shapes {shapes}.")
+    if mask_features.ndim != rank or mask_features.shape[:rank - 3] != (batch, *frames) or (
         mask_features.shape[-1] != self.mask_dim):
-      raise ValueError(f"TransformerModule: mask_features must be [B={batch}, H, W, "
-                       f"mask_dim={self.mask_dim}], got {mask_features.shape}.")
+      raise ValueError(f"TransformerModule: mask_features must be [B={batch}, "
+                       f"{''.join(f'T={t}, ' for t in frames)}H, W, mask_dim={self.mask_dim}] "
+                       f"like the features, got {mask_features.shape}.")
 
     c = self.hidden_dim
     embed_init = nn.initializers.normal(1.0)  # torch nn.Embedding's default
@@ -364,14 +389,18 @@ class TransformerModule(nn.Module):
     project = in_channels != c or self.enforce_input_projection
     memories, memory_pos, level_sizes = [], [], []
     for i, features in enumerate(multi_scale_features):
-      h, w = features.shape[1:3]
+      h, w = features.shape[-3:-1]
       level_sizes.append((h, w))
-      memory_pos.append(sine_position_embedding(h, w, c // 2).reshape(h * w, c))  # [S, C]
-      x = features.astype(self.dtype)
+      if frames:  # [T*h*w, C], frame-major
+        pos = sine_position_embedding_3d(frames[0], h, w, c // 2)
+      else:
+        pos = sine_position_embedding(h, w, c // 2)
+      memory_pos.append(pos.reshape(-1, c))  # [S, C]
+      x = features.astype(self.dtype).reshape(-1, h, w, in_channels)  # frames into the batch
       if project:
         x = Conv(c, 1, dtype=self.dtype, kernel_init=_xavier, name=f"input_projections_{i}")(x)
       x = x + level_embed[i].astype(self.dtype)
-      memories.append(x.reshape(batch, h * w, c))  # [B, S, C]
+      memories.append(x.reshape(batch, -1, c))  # [B, S, C]
 
     def queries(name):  # [B, Q, C]
       table = nn.Embed(self.num_queries, c, embedding_init=embed_init, name=name).embedding
