@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from m2f_jax import config_lib
 from m2f_jax import sharding
 from m2f_jax.atomic_dir import atomic_directory
 from m2f_jax.models.mask2former import abstract_variables
@@ -32,11 +33,17 @@ STATE_DIR = "state"  # the TrainState inside a training checkpoint step
 
 def save_model(directory: str, config: ml_collections.ConfigDict, variables, *,
                overwrite: bool = False) -> str:
-  """Writes `config` and `variables` to `directory`; returns its absolute path."""
+  """Writes `config` and `variables` to `directory`; returns its absolute path.
+
+  The saved config holds the model's categories (`data.categories`: dataset ids, names,
+  thing flags, colours), resolved from the data here if `config` lacks them, so the model
+  directory is used without access to its dataset.
+  """
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and os.listdir(directory) and not overwrite:
     raise FileExistsError(f"{directory} exists and is not empty; choose another --output or "
                           "pass --overwrite to replace it")
+  config = config_lib.resolve_categories(ml_collections.ConfigDict(config.to_dict()))
   # Collections the model does not have (batch_stats of a GroupNorm ResNet or of Swin) are
   # left out, so the saved tree is the model's own (`load_model` restores into it).
   variables = {k: v for k, v in variables.items() if k == "params" or jax.tree.leaves(v)}

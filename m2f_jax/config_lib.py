@@ -64,11 +64,12 @@ def swin_backbone(variant: str = "tiny") -> ml_collections.ConfigDict:
   ))
 
 
-def model_config(backbone: ml_collections.ConfigDict, num_classes: int,
+def model_config(backbone: ml_collections.ConfigDict, num_classes: int | None,
                  num_queries: int = 100) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       backbone=backbone,
-      num_classes=num_classes,
+      # K: the dataset's categories. None: as many as the data has (`resolve_categories`).
+      num_classes=ml_collections.FieldReference(num_classes, field_type=int),
       num_queries=num_queries,
       hidden_dim=256,            # MASK_FORMER.HIDDEN_DIM
       feature_size=256,          # SEM_SEG_HEAD.CONVS_DIM
@@ -167,6 +168,12 @@ def data_config(dataset: str, *, task: str | None = None,
       json_file="", image_dir="", panoptic_dir="",              # the "train" split
       val_json_file="", val_image_dir="", val_panoptic_dir="",  # the "validation" split
       dataset_name="",             # its tfds config name ("" = "custom_" + a hash of the JSONs)
+      # The categories the model was trained on: [{"id": contiguous class index, "dataset_id":
+      # the dataset's own id (written in COCO-format outputs), "name", "isthing": 0/1,
+      # "color": [R, G, B]}]. None: read from the data (data.dataset's list, or the JSON of
+      # coco_format) by `resolve_categories` when training starts or a model is exported, then
+      # stored in the saved config, so checkpoints need no access to the data.
+      categories=ml_collections.FieldReference(None, field_type=list),
       # Category names and thing flags overriding the dataset's (converted checkpoints carry
       # their label names); empty: the dataset's own.
       class_names=ml_collections.FieldReference(None, field_type=list),
@@ -236,3 +243,39 @@ def load_config_file(config_arg: str) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path} has no get_config(arg) function")
   return module.get_config(arg) if arg else module.get_config()
+
+
+def resolve_categories(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Stores the data's categories in `config.data.categories`; sets or checks the class count.
+
+  Run before the model is built (training start, model export). Categories come from
+  `data.categories` when already stored, else from the data (`datasets.categories`: the
+  dataset's list, or a coco_format JSON's); each gets its "dataset_id" (default: its index)
+  and "color" (the JSON's, else a palette's). `model.num_classes` None becomes their count; a
+  stated count that differs raises `errors.ConfigError` (one line, before any step). COCO
+  instance-format data (coco_format without panoptic_dir) can only train the instance task:
+  `data.task` and `eval.evaluators` are set to it. Mutates `config` and returns it.
+  """
+  from m2f_jax import errors  # pylint: disable=g-import-not-at-top
+  d = config.data
+  files = datasets.coco_format_files(d) if d.dataset == "coco_format" else {}
+  if files and d.task == "panoptic" and not any(f["panoptic_dir"] for f in files.values()):
+    d.task = "instance"  # COCO instance format: no panoptic PNGs, no stuff
+    config.eval.evaluators = ("instance",)
+  try:
+    found = datasets.categories(d, config.model.num_classes)
+  except (ValueError, FileNotFoundError) as e:
+    raise errors.DataError(f"cannot read the categories of data.dataset={d.dataset!r}: {e}") \
+        from None
+  categories = datasets.complete_categories(found)
+  stated = config.model.num_classes
+  if stated is None:
+    config.model.num_classes = len(categories)
+  elif int(stated) != len(categories):
+    where = datasets.categories_source(d)
+    raise errors.ConfigError(
+        f"{where} has {len(categories)} categories (ids "
+        f"{[c['dataset_id'] for c in categories][:20]}) but model.num_classes={stated}: drop "
+        f"--config.model.num_classes (it is read from the data) or set it to {len(categories)}")
+  d.categories = categories
+  return config

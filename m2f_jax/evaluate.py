@@ -95,6 +95,7 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
         output_sizes=[tuple(s) for s in batch["output_size"]],
         semantic_on="sem_seg" in needs, panoptic_on="panoptic_seg" in needs,
         instance_on="instances" in needs, isthing=isthing,
+        things_only=inference.things_only_for(d.task),  # the same instances as predict
         object_mask_threshold=e.object_mask_threshold, overlap_threshold=e.overlap_threshold,
         instance_topk=e.instance_topk)
     t_metrics = time.perf_counter()

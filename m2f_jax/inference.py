@@ -17,8 +17,12 @@ Detectron2's `sem_seg_postprocess`:
    wins and its own probability is >= 0.5, and is dropped when those pixels are fewer than
    overlap_threshold x its own area (probability >= 0.5); stuff segments of one class merge;
    instance: top-k over queries x classes of the class probabilities; mask = logit > 0;
-   score = class probability x mean mask probability inside the mask; with panoptic
-   inference on (a panoptic-trained model) only thing classes are kept, as in the official code.
+   score = class probability x mean mask probability inside the mask; a panoptic-trained
+   model keeps only thing classes, as the official code (which keys it on panoptic inference
+   being on; `postprocess(things_only=...)`, `things_only_for(task)` for the callers).
+   Differs: `postprocess` drops results whose mask is empty (the official code keeps them
+   with a zero box; they match no ground truth), so `predict` and `eval.py` see the same
+   instances.
 
 Array work is jit-compiled: the batched upsampling once per input shape, the per-image part
 once per (padded size, output bucket) with the image and original sizes traced
@@ -203,11 +207,20 @@ def _panoptic_segments(arrays, *, isthing: np.ndarray, overlap_threshold: float)
   return panoptic, segments_info
 
 
-def _instance_results(arrays, *, things_only: bool, isthing: np.ndarray | None):
+def things_only_for(task: str) -> bool:
+  """The official rule: instance results of a model trained for panoptic segmentation are
+  things only (its PANOPTIC_ON config). `task`: the task the model was trained on."""
+  return task == "panoptic"
+
+
+def _instance_results(arrays, *, things_only: bool, isthing: np.ndarray | None,
+                      drop_empty: bool = False):
   a = jax.tree.map(np.asarray, arrays)
   keep = np.ones(a["label"].shape, bool)
   if things_only:
     keep = isthing[a["label"]]
+  if drop_empty:
+    keep &= a["binary"].any(axis=(1, 2))[a["query"]]
   return {"masks": a["binary"][a["query"][keep]],
           "scores": a["score"][keep].astype(np.float32),
           "classes": a["label"][keep].astype(np.int32)}
@@ -350,7 +363,7 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
                 semantic_on: bool = True, panoptic_on: bool = False,
                 instance_on: bool = False, isthing: Sequence[bool] | None = None,
                 object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
-                instance_topk: int = 100,
+                instance_topk: int = 100, things_only: bool | None = None,
                 postprocess_before_inference: bool = False) -> list[dict[str, Any]]:
   """Network outputs of a batch -> per-image results, as the official inference branch.
 
@@ -363,9 +376,13 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
       `image_sizes`.
     semantic_on, panoptic_on, instance_on: which results to compute.
     isthing: `[K]` bools, True for thing classes; needed by panoptic inference, and by
-      instance inference when panoptic is on (then only things are kept, as official).
+      instance inference of things only.
     object_mask_threshold, overlap_threshold: panoptic thresholds (official 0.8, 0.8).
-    instance_topk: instance results per image (official TEST.DETECTIONS_PER_IMAGE = 100).
+    instance_topk: instance results per image (official TEST.DETECTIONS_PER_IMAGE = 100),
+      before results with an empty mask are dropped.
+    things_only: instance results of thing classes only; None: when panoptic_on (the
+      official code's condition). Callers pass `things_only_for(task the model was trained
+      on)`, so that instance results do not depend on which other results are asked for.
     postprocess_before_inference: the official SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE; the
       effective value is `postprocess_before_inference or panoptic_on or instance_on`, as in
       the official code. When False, semantic scores are computed at the padded size and then
@@ -376,7 +393,8 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
       "sem_seg": int32 `[H, W]` class index per pixel;
       "panoptic_seg": `(int32 [H, W] segment ids (0 = void), segments_info)`, segments_info a
         list of `{"id", "isthing", "category_id"}` (COCO panoptic style, contiguous class ids);
-      "instances": `{"masks": bool [N, H, W], "scores": float32 [N], "classes": int32 [N]}`.
+      "instances": `{"masks": bool [N, H, W], "scores": float32 [N], "classes": int32 [N]}`,
+        no empty mask among them.
   """
   batch, num_queries, num_classes_plus_one = pred_logits.shape
   num_classes = num_classes_plus_one - 1
@@ -388,7 +406,8 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
   output_sizes = image_sizes if output_sizes is None else output_sizes
   if len(output_sizes) != batch:
     raise ValueError(f"postprocess: {len(output_sizes)} output_sizes for a batch of {batch}.")
-  if panoptic_on:
+  things_only = panoptic_on if things_only is None else bool(things_only)
+  if panoptic_on or (instance_on and things_only):
     isthing = _check_isthing(isthing, num_classes)
   before = postprocess_before_inference or panoptic_on or instance_on
   padded_size = (int(padded_size[0]), int(padded_size[1]))
@@ -418,6 +437,6 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
           arrays["panoptic"], isthing=isthing, overlap_threshold=overlap_threshold)
     if instance_on:
       result["instances"] = _instance_results(
-          arrays["instances"], things_only=panoptic_on, isthing=isthing)
+          arrays["instances"], things_only=things_only, isthing=isthing, drop_empty=True)
     results.append(result)
   return results

@@ -1,17 +1,26 @@
 r"""Segments images with a checkpoint; writes overlays and machine-readable results.
 
   python -m m2f_jax.predict --checkpoint DIR --task panoptic a.jpg b.png --output out/
+  python -m m2f_jax.predict --checkpoint DIR --task panoptic photos/ --output out/
 
-Per image NAME, in --output:
+Inputs are image files and folders (searched recursively for .jpg, .jpeg, .png, .bmp, .tif,
+.tiff, .webp). Each image's NAME is its path relative to the folder that holds all inputs,
+without its extension, so the output keeps the input folder structure (a/x.jpg, b/x.jpg ->
+out/a/x.*, out/b/x.*); two inputs that would still share a NAME (x.jpg, x.png) keep their
+extension in it (x.jpg.*, x.png.*). Per image, in --output:
   NAME.overlay.png                   the image with coloured segments and class names
-  semantic:  NAME.semantic.png       class index per pixel (uint8; uint16 above 255 classes)
+  semantic:  NAME.semantic.png       class index per pixel (uint8; uint16 above 255 classes):
+                                      "class_index" of categories.json, 0..K-1
   panoptic:  NAME.panoptic.png       COCO panoptic PNG (id = R + 256 G + 256^2 B), and
              NAME.panoptic.json      {"file_name", "segments_info": [{"id", "category_id",
                                       "isthing", "area", "bbox"}]} (COCO panoptic format)
   instance:  NAME.instances.json     COCO results: [{"category_id", "score", "bbox",
-                                      "segmentation": RLE}]
-An image that cannot be read is reported and skipped; the others are still processed (the
-exit status is 1 if any failed).
+                                      "segmentation": RLE}], things only for a model trained
+                                      for panoptic segmentation, no empty mask (as eval.py)
+and once: categories.json            [{"id", "class_index", "name", "isthing", "color"}]
+Every "category_id" is the dataset's own category id ("id" of categories.json: for COCO,
+COCO's ids), not the model's class index. An image that cannot be read is reported and
+skipped; the others are still processed (the exit status is 1 if any failed).
 """
 
 import argparse
@@ -52,6 +61,48 @@ def prepare(image: np.ndarray, *, pixel_mean, pixel_std, min_size=None, max_size
   return transforms.pad_images([x])[0], x.shape[:2]
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_images(inputs: list[str]) -> list[str]:
+  """Image files and the images of folders (recursively, sorted), each path once."""
+  found, seen = [], set()
+  for item in inputs:
+    paths = [item]
+    if os.path.isdir(item):
+      paths = sorted(os.path.join(root, f) for root, _, files in os.walk(item) for f in files
+                     if f.lower().endswith(IMAGE_EXTENSIONS))
+    for path in paths:
+      key = os.path.realpath(path)
+      if key not in seen:
+        seen.add(key)
+        found.append(path)
+  return found
+
+
+def output_names(paths: list[str]) -> list[str]:
+  """A unique NAME per input path (module docstring): the path relative to the folder that
+  holds all inputs, without its extension; with it where two would coincide."""
+  if not paths:
+    return []
+  absolute = [os.path.abspath(p) for p in paths]
+  root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+  relative = [os.path.relpath(p, root) for p in absolute]
+  stems = [os.path.splitext(r)[0] for r in relative]
+  counts = {}
+  for stem in stems:
+    counts[stem] = counts.get(stem, 0) + 1
+  return [stem if counts[stem] == 1 else rel for stem, rel in zip(stems, relative)]
+
+
+def category_table(categories: list[dict]) -> list[dict]:
+  """categories.json: the dataset id, class index, name, thing flag and colour of each."""
+  return [{"id": int(c.get("dataset_id", c["id"])), "class_index": int(c["id"]),
+           "name": c["name"], "isthing": int(bool(c["isthing"])),
+           **({"color": list(c["color"])} if c.get("color") is not None else {})}
+          for c in categories]
+
+
 def _bbox(mask: np.ndarray) -> list[int]:
   ys, xs = np.nonzero(mask)
   if not len(ys):
@@ -64,7 +115,9 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
   """Writes the files of one image; returns their paths."""
   from m2f_jax.evaluation import instance as instance_eval  # pylint: disable=g-import-not-at-top
   names = [c["name"] for c in categories]
+  dataset_ids = [int(c.get("dataset_id", c["id"])) for c in categories]
   base = os.path.join(output, name)
+  os.makedirs(os.path.dirname(base), exist_ok=True)
   written = []
   if task == "semantic":
     sem = result["sem_seg"]
@@ -74,7 +127,7 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
   elif task == "panoptic":
     ids, segments = result["panoptic_seg"]
     panoptic_png.write_panoptic_png(base + ".panoptic.png", ids)
-    info = [{"id": int(s["id"]), "category_id": int(s["category_id"]),
+    info = [{"id": int(s["id"]), "category_id": dataset_ids[int(s["category_id"])],
              "isthing": int(bool(s["isthing"])), "area": int((ids == s["id"]).sum()),
              "bbox": _bbox(ids == s["id"])} for s in segments]
     with open(base + ".panoptic.json", "w") as f:
@@ -83,7 +136,8 @@ def write_results(result: dict, image: np.ndarray, *, task: str, name: str, outp
   else:
     inst = result["instances"]
     rles = instance_eval.mask_to_rle(inst["masks"]) if len(inst["scores"]) else []
-    dets = [{"category_id": int(c), "score": float(s), "bbox": _bbox(m), "segmentation": r}
+    dets = [{"category_id": dataset_ids[int(c)], "score": float(s), "bbox": _bbox(m),
+             "segmentation": r}
             for m, s, c, r in zip(inst["masks"], inst["scores"], inst["classes"], rles)]
     with open(base + ".instances.json", "w") as f:
       json.dump(dets, f)
@@ -99,7 +153,7 @@ def main(argv=None) -> int:
                       help="model directory or training checkpoint step directory")
   parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), required=True)
   parser.add_argument("--output", required=True)
-  parser.add_argument("images", nargs="+")
+  parser.add_argument("images", nargs="+", help="image files and folders of images")
   args = parser.parse_args(argv)
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -113,8 +167,11 @@ def main(argv=None) -> int:
   e = config.eval
   forward = jax.jit(model.apply)
   os.makedirs(args.output, exist_ok=True)
+  with open(os.path.join(args.output, "categories.json"), "w") as f:
+    json.dump(category_table(categories), f, indent=1)
+  paths = find_images(args.images)
   failed = 0
-  for path in args.images:
+  for path, name in zip(paths, output_names(paths)):
     try:
       image = read_image(path)
     except ValueError as err:
@@ -130,9 +187,9 @@ def main(argv=None) -> int:
         image_sizes=[size], output_sizes=[image.shape[:2]],
         semantic_on=args.task == "semantic", panoptic_on=args.task == "panoptic",
         instance_on=args.task == "instance", isthing=isthing,
+        things_only=inference.things_only_for(config.data.task),
         object_mask_threshold=e.object_mask_threshold, overlap_threshold=e.overlap_threshold,
         instance_topk=e.instance_topk)[0]
-    name = os.path.splitext(os.path.basename(path))[0]
     for p in write_results(result, image, task=args.task, name=name, output=args.output,
                            categories=categories):
       print(p)

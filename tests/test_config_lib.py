@@ -14,7 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 VARIANTS = {
     "tiny": [""], "coco_panoptic": ["r50", "swin_l"], "coco_instance": ["r50"],
     "ade20k_semantic": ["r50", "swin_l"], "cityscapes_semantic": ["r50"],
-    "cityscapes_panoptic": ["r50"],
+    "cityscapes_panoptic": ["r50"], "custom": ["tiny", "r50", "swin_l"],
 }
 
 
@@ -68,6 +68,7 @@ def test_defaults_come_from_the_dataset_spec():
   assert tuple(config_lib.eval_config("cityscapes", "panoptic").evaluators) == (
       "semantic", "panoptic", "instance")
   assert tuple(config_lib.eval_config("cityscapes", "semantic").evaluators) == ("semantic",)
-  assert tuple(config_lib.eval_config("coco_format", "panoptic").evaluators) == ("panoptic",)
+  assert tuple(config_lib.eval_config("coco_format", "panoptic").evaluators) == (
+      "semantic", "panoptic", "instance")
   with pytest.raises(ValueError, match="unknown data.dataset 'cocoo'.*coco_panoptic"):
     config_lib.data_config("cocoo")

@@ -235,7 +235,8 @@ def test_predict_instance_and_unreadable_images(runs, images):
   assert f"error: {paths['broken']}: not a readable image" in run.stderr
   assert "Traceback" not in run.stderr
   assert sorted(p.name for p in out.iterdir()) == [
-      "val0.instances.json", "val0.overlay.png", "wide.instances.json", "wide.overlay.png"]
+      "categories.json", "val0.instances.json", "val0.overlay.png", "wide.instances.json",
+      "wide.overlay.png"]
   for name, shape in (("val0", records[0]["image"].shape[:2]), ("wide", (48, 80))):
     dets = json.loads((out / f"{name}.instances.json").read_text())
     assert dets

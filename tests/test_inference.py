@@ -161,8 +161,11 @@ def _official(torch, class_logits, masks_small, padded, image_sizes, output_size
       binary = (chosen > 0).float()
       mean_prob = (chosen.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (
           binary.flatten(1).sum(1) + 1e-6)
-      result["instances"] = {"masks": binary.numpy().astype(bool),
-                             "scores": (top * mean_prob).numpy(), "classes": labels.numpy()}
+      # The one stated difference: `postprocess` drops results with an empty mask.
+      nonempty = binary.flatten(1).sum(1) > 0
+      result["instances"] = {"masks": binary[nonempty].numpy().astype(bool),
+                             "scores": (top * mean_prob)[nonempty].numpy(),
+                             "classes": labels[nonempty].numpy()}
     out.append(result)
   return out
 
@@ -217,3 +220,22 @@ def test_postprocess_checks_arguments():
   with pytest.raises(ValueError, match="isthing"):
     inference.postprocess(pred_logits=logits, pred_masks=masks, padded_size=(16, 16),
                           image_sizes=[(16, 16)], panoptic_on=True)
+
+
+def test_postprocess_instances_things_only_without_empty_masks():
+  """The instance rule `predict` and `eval.py` share: a panoptic-trained model's instances are
+  things only (also when panoptic inference is off), and no result has an empty mask."""
+  class_logits = np.array([[[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [4.0, 0.0, 0.0]]], np.float32)
+  masks = np.full((1, 3, 2, 2), -5.0, np.float32)
+  masks[0, 0, 0, :] = 5.0  # q0: class 0 (thing), top row
+  masks[0, 1, 1, :] = 5.0  # q1: class 1 (stuff), bottom row; q2's mask is empty
+  kwargs = dict(pred_logits=class_logits, pred_masks=masks, padded_size=(8, 8),
+                image_sizes=[(8, 8)], semantic_on=False, instance_on=True,
+                isthing=[True, False], instance_topk=6)
+  assert inference.things_only_for("panoptic") and not inference.things_only_for("instance")
+  things = inference.postprocess(things_only=True, **kwargs)[0]["instances"]
+  everything = inference.postprocess(things_only=False, **kwargs)[0]["instances"]
+  assert things["classes"].tolist() == [0, 0]  # q0 and q1 as class 0; q2 (empty) dropped
+  assert sorted(everything["classes"].tolist()) == [0, 0, 1, 1]
+  for result in (things, everything):
+    assert result["masks"].shape[1:] == (8, 8) and result["masks"].any(axis=(1, 2)).all()

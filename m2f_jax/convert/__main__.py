@@ -4,8 +4,10 @@ r"""Converts a transformers or Detectron2 Mask2Former checkpoint to an m2f_jax c
   python -m m2f_jax.convert --from detectron2 model_final.pkl \
       --config configs/coco_panoptic.py:r50 --output /tmp/m2f_ckpt
 
-The output directory holds `config.json` (a full m2f_jax config) and Orbax `variables/`.
-Nothing is written unless the whole checkpoint converts.
+The output directory holds `config.json` (a full m2f_jax config, with the model's categories
+in `data.categories`: the label names of a transformers checkpoint, the dataset's ids, names,
+thing flags and colours for a --config naming a dataset) and Orbax `variables/`. Nothing is
+written unless the whole checkpoint converts.
 """
 
 import argparse
@@ -15,6 +17,7 @@ import sys
 
 from m2f_jax import checkpoint
 from m2f_jax import config_lib
+from m2f_jax import errors
 from m2f_jax.convert import core
 
 
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
     return 1
   try:
     out = checkpoint.save_model(args.output, config, variables, overwrite=args.overwrite)
-  except FileExistsError as e:
+  except (FileExistsError, errors.UserError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {out}")

@@ -201,9 +201,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
                 eval_size=(None, None), categories=_synthetic_video_categories,
                 memory_source=_synthetic_video_source),
     # Your own data in COCO panoptic or instance format (its own categories).
+    # Panoptic data reports mIoU, PQ and mask AP (of its thing segments), as COCO panoptic.
     DatasetSpec(name="coco_format", task="panoptic", augmentation="coco_lsj",
                 eval_size=(800, 1333), categories=_coco_format_categories,
-                builder=_coco_format_builder),
+                builder=_coco_format_builder, evaluators={"panoptic": ALL_METRICS}),
 )}
 
 
@@ -290,11 +291,16 @@ def prepare_dataset(data_cfg):
 def categories(data_cfg, num_classes: int | None = None) -> list[dict]:
   """[{"id", "name", "isthing"}] with contiguous ids (tfds datasets add "dataset_id").
 
-  From `data.class_names` (+ optional `data.isthing`) when the config has them (converted
-  checkpoints carry their label names), else from the dataset `data.dataset`, else generic
-  names `class_{i}` for `num_classes`. Without thing/stuff information every class counts as
-  a thing (panoptic inference then merges no stuff segments).
+  From `data.categories` when the config stores them (every trained or exported model's
+  config does: `config_lib.resolve_categories`), else from `data.class_names` (+ optional
+  `data.isthing`; converted checkpoints carry their label names), else from the dataset
+  `data.dataset`, else generic names `class_{i}` for `num_classes`. Without thing/stuff
+  information every class counts as a thing (panoptic inference then merges no stuff
+  segments).
   """
+  stored = data_cfg.get("categories")
+  if stored:
+    return [dict(c) for c in stored]
   names = data_cfg.get("class_names")
   if names:
     isthing = data_cfg.get("isthing") or [1] * len(names)
@@ -306,3 +312,33 @@ def categories(data_cfg, num_classes: int | None = None) -> list[dict]:
     raise ValueError(f"no category list for data.dataset={dataset!r}: set "
                      "data.class_names (and data.isthing) in the config")
   return [{"id": i, "name": f"class_{i}", "isthing": 1} for i in range(num_classes)]
+
+
+def complete_categories(found: list[dict]) -> list[dict]:
+  """`categories(...)` with every key outputs need: "id" (contiguous), "dataset_id" (the
+  dataset's own id; default the index), "name", "isthing" (0/1), "color" ([R, G, B]; the
+  dataset's, else a palette's)."""
+  from m2f_jax import visualize  # pylint: disable=g-import-not-at-top
+  palette = visualize.segment_colors(len(found))
+  out = []
+  for i, c in enumerate(found):
+    if int(c.get("id", i)) != i:
+      raise ValueError(f"category {c} is number {i} of the list: ids must be contiguous")
+    color = c.get("color")
+    out.append({"id": i, "dataset_id": int(c.get("dataset_id", i)), "name": str(c["name"]),
+                "isthing": int(bool(c.get("isthing", 1))),
+                "color": [int(v) for v in (color if color is not None else palette[i])]})
+  return out
+
+
+def categories_source(data_cfg) -> str:
+  """Where `categories(data_cfg)` reads from, for messages."""
+  if data_cfg.get("categories"):
+    return "the config's data.categories"
+  if data_cfg.get("class_names"):
+    return "the config's data.class_names"
+  if data_cfg.get("dataset") == "coco_format":
+    files = coco_format_files(data_cfg)
+    if files:
+      return next(iter(files.values()))["json_file"]
+  return f"data.dataset={data_cfg.get('dataset')!r}"

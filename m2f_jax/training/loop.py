@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from m2f_jax import config_lib
 from m2f_jax import data
 from m2f_jax import evaluate
 from m2f_jax import sharding
@@ -71,6 +72,8 @@ def train_data_iterator(config: ml_collections.ConfigDict):
 def train(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from `workdir` if it holds checkpoints); returns (model, variables)."""
   workdir = os.path.abspath(workdir)
+  # The data's categories into the config (saved below; stops on a num_classes mismatch).
+  config_lib.resolve_categories(config)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:

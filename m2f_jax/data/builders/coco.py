@@ -110,14 +110,26 @@ def categories_from_json(dataset: dict[str, Any], path: str, *,
                          panoptic: bool) -> list[dict[str, Any]]:
   """A COCO JSON's categories -> [{"id" (contiguous), "name", "isthing", "dataset_id"}].
 
-  Sorted by their id; the instance format has no `isthing` (every category is a thing).
+  Sorted by their id; the instance format has no `isthing` (every category is a thing). A
+  category's "color" ([R, G, B], as COCO panoptic's) is kept when it has one.
   """
   found = dataset.get("categories")
   if not found:
     raise ValueError(f"{path} has no 'categories' list")
-  return [{"id": i, "name": str(c["name"]), "dataset_id": int(c["id"]),
-           "isthing": int(c.get("isthing", 1)) if panoptic else 1}
-          for i, c in enumerate(sorted(found, key=lambda c: c["id"]))]
+  for c in found:
+    if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
+      raise ValueError(f"{path}: category {c!r} needs an integer 'id' and a 'name'")
+  ids = [c["id"] for c in found]
+  if len(set(ids)) != len(ids):
+    repeated = sorted(i for i in set(ids) if ids.count(i) > 1)
+    raise ValueError(f"{path}: repeated category ids {repeated}; each category needs its own")
+  out = []
+  for i, c in enumerate(sorted(found, key=lambda c: c["id"])):
+    out.append({"id": i, "name": str(c["name"]), "dataset_id": int(c["id"]),
+                "isthing": int(c.get("isthing", 1)) if panoptic else 1})
+    if isinstance(c.get("color"), (list, tuple)) and len(c["color"]) == 3:
+      out[-1]["color"] = [int(v) for v in c["color"]]
+  return out
 
 
 def _load_json(path: str) -> dict[str, Any]:
