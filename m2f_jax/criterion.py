@@ -27,6 +27,27 @@ Follows the official `HungarianMatcher` (mask2former/modeling/matcher.py) and `S
 Shapes are static: targets are padded to M entries with a `valid` flag (see the data
 contract). Padding targets are never matched and count nowhere.
 
+Video (the official mask2former_video `VideoHungarianMatcher` and `VideoSetCriterion`): the
+same functions take clips, pred_masks [B, Q, T, h, w] and target masks [B, M, T, H, W] (one
+label per target and clip), and then
+  matcher   one set of `matcher_num_points` random points per clip, shared by every query,
+            target and frame; the BCE / dice costs run over the T x P sampled values of each
+            tube (BCE averaged over T * P), the class cost as for images.
+  loss_mask / loss_dice
+            each matched (query, target) pair becomes T single-frame pairs (N * T masks), each
+            with its own importance-sampled points; the sums over the N * T masks are divided
+            by `num_masks`, the number of INSTANCES (not N * T), as the official.
+  absent frames
+            a target absent from a frame has an all-zero mask in that frame: matching and the
+            losses treat it as "nothing there" (the official `prepare_targets` zero-fills the
+            frames where an instance has no annotation). An instance with an all-zero tube is
+            still a target if the batch marks it valid. The official mapper labels an instance
+            that is absent from the LAST sampled frame with its dummy class = K ("no object",
+            `_get_dummy_anno(num_classes)` read by `prepare_targets` from the last frame): a
+            label K is accepted here (class cost and cross-entropy of "no object", with its
+            weight `no_object_weight`), so data pipelines reproduce that quirk by passing K.
+With T = 1 everything (random draws included) equals the image computation.
+
 transformers' port differs from the official code in (the test compares the two where they
 agree; this module follows the official code):
   * names: `loss_cross_entropy` for the official `loss_ce`.
@@ -123,10 +144,10 @@ def matching_cost(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray,
 
   Args:
     pred_logits: [B, Q, K+1] class logits.
-    pred_masks: [B, Q, h, w] mask logits.
-    target_labels: int [B, M] in [0, K).
-    target_masks: [B, M, H, W] binary (any numeric dtype).
-    points: [B, P, 2] (x, y) in [0, 1], shared by all masks of an image.
+    pred_masks: [B, Q, h, w] mask logits, or [B, Q, T, h, w] for clips.
+    target_labels: int [B, M] in [0, K] (K: "no object", see the module docstring).
+    target_masks: [B, M, H, W] binary (any numeric dtype), or [B, M, T, H, W] for clips.
+    points: [B, P, 2] (x, y) in [0, 1], shared by all masks (and frames) of an image (clip).
     cost_class, cost_mask, cost_dice: weights of the three costs.
 
   Returns:
@@ -140,12 +161,25 @@ def matching_cost(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray,
   labels = jnp.clip(target_labels, 0, probs.shape[-1] - 1).astype(jnp.int32)
   class_cost = -jnp.take_along_axis(probs, labels[:, None, :], axis=-1)  # [B, Q, M]
 
-  # Predictions: queries as channels, one gather per point.
-  pred = bilinear_sample(jnp.transpose(pred_masks, (0, 2, 3, 1)), points)  # [B, P, Q]
-  # Targets at their own (full) resolution, the same points for every target of an image.
-  target_points = jnp.broadcast_to(points[:, None], (batch_size, num_targets, num_points, 2))
-  tgt = bilinear_sample(target_masks[..., None],
-                        target_points)[..., 0]  # [B, M, P]
+  if pred_masks.ndim == 5:  # clips: the official video matcher, costs over T x P values
+    _, num_queries, num_frames, height, width = pred_masks.shape
+    # [B, h, w, T*Q] -> [B, P, T, Q] -> [B, T*P, Q]
+    pred = bilinear_sample(jnp.transpose(pred_masks, (0, 3, 4, 2, 1)).reshape(
+        batch_size, height, width, num_frames * num_queries), points)
+    pred = jnp.transpose(pred.reshape(batch_size, num_points, num_frames, num_queries),
+                         (0, 2, 1, 3)).reshape(batch_size, num_frames * num_points, num_queries)
+    target_points = jnp.broadcast_to(points[:, None, None],
+                                     (batch_size, num_targets, num_frames, num_points, 2))
+    tgt = bilinear_sample(target_masks[..., None], target_points)[..., 0].reshape(
+        batch_size, num_targets, num_frames * num_points)  # [B, M, T*P]
+    num_points = num_frames * num_points
+  else:
+    # Predictions: queries as channels, one gather per point.
+    pred = bilinear_sample(jnp.transpose(pred_masks, (0, 2, 3, 1)), points)  # [B, P, Q]
+    # Targets at their own (full) resolution, the same points for every target of an image.
+    target_points = jnp.broadcast_to(points[:, None], (batch_size, num_targets, num_points, 2))
+    tgt = bilinear_sample(target_masks[..., None],
+                          target_points)[..., 0]  # [B, M, P]
 
   pos = _bce_with_logits(pred, 1.0)  # [B, P, Q]
   neg = _bce_with_logits(pred, 0.0)
@@ -287,7 +321,9 @@ def set_criterion(*, outputs: dict, targets: dict, key: jax.Array, num_masks,
   Args:
     outputs: the model's dict: "pred_logits" [B, Q, K+1], "pred_masks" [B, Q, h, w], and
       (used when `deep_supervision`) "aux_logits" [L, B, Q, K+1], "aux_masks" [L, B, Q, h, w].
-    targets: "labels" int [B, M], "masks" [B, M, H, W] binary, "valid" bool [B, M].
+      Clips (the video model): masks [B, Q, T, h, w] and [L, B, Q, T, h, w].
+    targets: "labels" int [B, M], "masks" [B, M, H, W] binary, "valid" bool [B, M]; clips:
+      "masks" [B, M, T, H, W], zero in the frames where an instance is absent.
     key: PRNG key for every random point (see `draw_all_points`).
     num_masks: number of real targets in the GLOBAL batch (`count_masks`, summed over
       devices); clamped at 1 here.
@@ -319,17 +355,24 @@ def set_criterion(*, outputs: dict, targets: dict, key: jax.Array, num_masks,
   num_stages, batch_size, num_queries = logits.shape[:3]
 
   labels, valid = targets["labels"], targets["valid"].astype(bool)
-  target_masks = targets["masks"]  # [B, M, H, W] uint8/bool, sampled without a float copy
+  target_masks = targets["masks"]  # [B, M, (T,) H, W] uint8/bool, sampled without a float copy
   num_targets = labels.shape[1]
+  clips = pred_masks.ndim == 5
+  num_frames = pred_masks.shape[2] if clips else 1
+  frames = "T, " if clips else ""
   if (masks.shape[1:3] != (batch_size, num_queries) or labels.shape != valid.shape
-      or target_masks.shape[:2] != labels.shape or labels.shape[0] != batch_size):
+      or target_masks.shape[:2] != labels.shape or labels.shape[0] != batch_size
+      or pred_masks.ndim not in (4, 5) or target_masks.ndim != pred_masks.ndim
+      or (clips and target_masks.shape[2] != num_frames)):
     raise ValueError(
         f"set_criterion: inconsistent shapes: pred_logits {pred_logits.shape} [B, Q, K+1], "
-        f"pred_masks {pred_masks.shape} [B, Q, h, w], targets labels {labels.shape} [B, M], "
-        f"masks {targets['masks'].shape} [B, M, H, W], valid {targets['valid'].shape} [B, M].")
+        f"pred_masks {pred_masks.shape} [B, Q, {frames}h, w], targets labels {labels.shape} "
+        f"[B, M], masks {targets['masks'].shape} [B, M, {frames}H, W], valid "
+        f"{targets['valid'].shape} [B, M].")
   _, num_uncertain, _ = _num_point_split(num_points, oversample_ratio, importance_sample_ratio)
+  # The loss points: per target (images) or per target and frame (clips: N * T masks).
   points = draw_all_points(key, num_stages=num_stages, batch_size=batch_size,
-                           num_targets=num_targets, num_points=num_points,
+                           num_targets=num_targets * num_frames, num_points=num_points,
                            matcher_num_points=matcher_num_points,
                            oversample_ratio=oversample_ratio,
                            importance_sample_ratio=importance_sample_ratio)
@@ -346,10 +389,20 @@ def set_criterion(*, outputs: dict, targets: dict, key: jax.Array, num_masks,
   query_index = query_index.reshape(num_stages, batch_size, num_targets)
   matched = matched.reshape(num_stages, batch_size, num_targets)
 
+  # Clips: the N * T single-frame masks of the official video criterion, as images of
+  # Q * T predictions and M * T targets (target m, frame t at m * T + t).
+  frame_masks = target_masks.reshape(batch_size, num_targets * num_frames,
+                                     *target_masks.shape[-2:])  # [B, M*T, H, W]
+
   def stage_losses(lg, mk, qi, mt, over, rand):
     loss_ce = classification_loss(pred_logits=lg, target_labels=labels, query_index=qi,
                                   matched=mt, no_object_weight=no_object_weight)
-    loss_mask, loss_dice = mask_losses(pred_masks=mk, target_masks=target_masks,
+    if clips:
+      mk = mk.reshape(batch_size, num_queries * num_frames, *mk.shape[-2:])  # [B, Q*T, h, w]
+      qi = (qi[:, :, None] * num_frames + jnp.arange(num_frames, dtype=qi.dtype)).reshape(
+          batch_size, num_targets * num_frames)  # [B, M*T]
+      mt = jnp.repeat(mt, num_frames, axis=1)
+    loss_mask, loss_dice = mask_losses(pred_masks=mk, target_masks=frame_masks,
                                        query_index=qi, matched=mt, oversampled_points=over,
                                        random_points=rand, num_uncertain_points=num_uncertain,
                                        num_masks=num_masks)
