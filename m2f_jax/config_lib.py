@@ -87,12 +87,12 @@ def model_config(backbone: ml_collections.ConfigDict, num_classes: int | None,
       dtype="float32",           # computation dtype: "float32" or "bfloat16"
       pixel_mean=IMAGENET_MEAN,  # the normalization the checkpoint expects (RGB, 0..255)
       pixel_std=IMAGENET_STD,
-  ))
       # Video instance segmentation (mask2former_video): clips [B, T, H, W, 3] in, one class
       # per query and clip, masks [B, Q, T, H/4, W/4] (m2f_jax.models.video).
       video=False,
       # Video: backbone + pixel decoder on at most this many frames at a time (0: all; exact).
       frame_chunk=0,
+  ))
 
 
 def loss_config() -> ml_collections.ConfigDict:
@@ -105,6 +105,9 @@ def loss_config() -> ml_collections.ConfigDict:
       oversample_ratio=3.0,
       importance_sample_ratio=0.75,
       deep_supervision=True,
+      # Video: an instance with no pixel in the last frame of its clip is trained as "no
+      # object" (the official mapper + prepare_targets quirk); False: its own class.
+      video_absent_last_frame_no_object=True,
   ))
 
 

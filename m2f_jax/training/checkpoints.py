@@ -8,6 +8,7 @@ nothing of training.
 
 import os
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -43,16 +44,34 @@ def restore_checkpoint(manager, abstract_state, data_iter):
   return restored["state"]
 
 
+def _keep_class_head_if_resized(path: str, loaded: dict, variables: dict) -> dict:
+  """`loaded` with this model's fresh `class_predictor` when the class counts differ.
+
+  As the official video training initialized from a COCO instance model (Detectron2's
+  checkpointer skips the class head whose shape changed): image and video models share every
+  other parameter, so an image checkpoint initializes a video model of another dataset.
+  """
+  head = "class_predictor"
+  ours, theirs = variables["params"].get(head), dict(loaded["params"]).get(head)
+  if ours is None or theirs is None or (
+      jax.tree.map(np.shape, dict(ours)) == jax.tree.map(np.shape, dict(theirs))):
+    return loaded
+  logging.warning("init_from=%s: class head %s re-initialized (checkpoint %s, model %s)",
+                  path, head, np.shape(theirs["kernel"]), np.shape(ours["kernel"]))
+  return {**loaded, "params": {**dict(loaded["params"]), head: ours}}
+
+
 def initialize_from(path: str, state: TrainState, backbone: str) -> TrainState:
   """`config.init_from`: an m2f_jax checkpoint directory or an ImageNet backbone file."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   if os.path.isdir(path):
     _, _, loaded = model_checkpoint.load_model(path)
     loaded = {"batch_stats": {}, **loaded}  # models without batch_stats save none
+    variables = _keep_class_head_if_resized(path, loaded, variables)
     shapes = jax.tree.map(np.shape, variables)
     if jax.tree.map(np.shape, dict(loaded)) != shapes:
       raise ValueError(f"init_from={path}: its variables do not match this config's model "
-                       "(different backbone, widths, queries or classes?)")
+                       "(different backbone, widths or queries?)")
     variables = loaded
   else:
     variables = imagenet.load_imagenet_backbone(path, backbone, variables)

@@ -49,6 +49,9 @@ class _Preemption:
 # ------------------------------------------------------------------------------------------
 
 def train_data_iterator(config: ml_collections.ConfigDict):
+  if config.model.get("video", False):  # clips [B, T, H, W, 3] (m2f_jax.data.video_pipeline)
+    from m2f_jax.data import video_pipeline  # pylint: disable=g-import-not-at-top (grain)
+    return video_pipeline.train_iterator_from_config(config)
   from m2f_jax.data import pipeline  # pylint: disable=g-import-not-at-top (grain)
   d = config.data
   if d.batch_size % jax.process_count():
@@ -84,7 +87,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
                      f"{mesh.devices.size} devices")
   # Abstract state -> shardings -> state created directly in its sharding.
   model, tx, abstract_state = train_step.abstract_train_state(config)
-  image_shape = tuple(config.data.image_size)
+  image_shape = train_step.input_shape(config)  # (H, W), or (T, H, W) for clips
   rng = jax.random.PRNGKey(config.train.seed)
   shardings = sharding.state_shardings(abstract_state, mesh, config.train.shard_params)
   state = jax.jit(lambda r: train_step.create_train_state(model, tx, r, image_shape),

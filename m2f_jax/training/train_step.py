@@ -4,6 +4,12 @@
 that the caller jit-compiles over its mesh (`m2f_jax.sharding`); the loss is normalized by
 the number of target masks in the global batch, which under jit over global arrays is a
 plain sum.
+
+Video models (`config.model.video`) train on clip batches with the image batch's keys and a
+T axis: "images" float32 [B, T, H, W, 3] (normalized as images), "labels" int32 [B, M],
+"masks" uint8 [B, M, T, H, W] (0 in the frames where an instance is absent), "valid" bool
+[B, M]; the same step runs, with the video matcher and criterion (`m2f_jax.criterion` takes
+clips as they come).
 """
 
 import math
@@ -33,7 +39,16 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The shape of one training example without channels: (H, W), or (T, H, W) for clips."""
+  image_shape = tuple(config.data.image_size)
+  if config.model.get("video", False):
+    return (config.data.num_frames, *image_shape)
+  return image_shape
+
+
 def create_train_state(model, tx, rng, image_shape) -> TrainState:
+  """`image_shape`: `input_shape(config)`, (H, W) or (T, H, W)."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init(init_rng, jnp.zeros((1, *image_shape, 3), jnp.float32))
   params = variables["params"]
@@ -45,7 +60,7 @@ def create_train_state(model, tx, rng, image_shape) -> TrainState:
 def abstract_train_state(config: ml_collections.ConfigDict):
   """`(model, optimizer, TrainState of ShapeDtypeStructs)` for a config."""
   model = build_model(config.model)
-  image_shape = tuple(config.data.image_size)
+  image_shape = input_shape(config)
   params_shape = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape, 3))))["params"]
   tx = optim_lib.make_optimizer(config.optim, params_shape)
@@ -62,9 +77,20 @@ def loss_kwargs(loss_cfg: ml_collections.ConfigDict) -> dict:
               deep_supervision=loss_cfg.deep_supervision)
 
 
+def official_video_labels(labels: jax.Array, masks: jax.Array, num_classes: int) -> jax.Array:
+  """The official video training's labels: K ("no object") for an instance with no pixel in
+  the LAST frame of its clip (`prepare_targets` reads the classes of the last frame, where the
+  mapper put a dummy annotation of class `num_classes`). labels [B, M], masks [B, M, T, H, W].
+  """
+  present_last = jnp.any(masks[:, :, -1] > 0, axis=(-2, -1))  # [B, M]
+  return jnp.where(present_last, labels, num_classes).astype(labels.dtype)
+
+
 def make_train_step(model, tx, config: ml_collections.ConfigDict):
   """`step(state, batch) -> (state, metrics)`, to be jit-compiled by the caller."""
   kwargs = loss_kwargs(config.loss)
+  video_absent_last_frame_no_object = config.model.get("video", False) and config.loss.get(
+      "video_absent_last_frame_no_object", True)
   schedule = optim_lib.learning_rate_schedule(config.optim)
 
   def forward(params, batch_stats, images, rng):
@@ -77,6 +103,9 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
   def step(state: TrainState, batch: dict):
     rng, dropout_rng, point_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
     targets = {k: batch[k] for k in ("labels", "masks", "valid")}
+    if video_absent_last_frame_no_object:
+      targets["labels"] = official_video_labels(targets["labels"], targets["masks"],
+                                                model.num_classes)
     num_masks = criterion.count_masks(batch["valid"])  # global batch: arrays are global
 
     def loss_fn(params):
