@@ -38,9 +38,15 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   workdir = os.path.abspath(f.workdir or f.checkpoint)
   os.makedirs(workdir, exist_ok=True)
-  report = evaluate.evaluate(config=config, model=model, variables=variables, workdir=workdir,
-                             max_images=f.max_images)
-  print(evaluate.format_report(report))
+  from m2f_jax import evaluate_video  # pylint: disable=g-import-not-at-top
+  if evaluate_video.is_video_task(config):  # video instance segmentation: YouTube-VIS AP
+    report = evaluate_video.evaluate_video(config=config, model=model, variables=variables,
+                                           workdir=workdir, max_videos=f.max_images)
+    print(evaluate_video.format_report(report))
+  else:
+    report = evaluate.evaluate(config=config, model=model, variables=variables,
+                               workdir=workdir, max_images=f.max_images)
+    print(evaluate.format_report(report))
   print(f"wrote {os.path.join(workdir, 'eval_results.json')}")
 
 

@@ -3,6 +3,8 @@
   semantic.SemanticEvaluator  -> {"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC"}}
   pq.PanopticEvaluator        -> {"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "RQ_st"}}
   instance.InstanceEvaluator  -> {"segm": {"AP", "AP50", "AP75", "APs", "APm", "APl"}}
+  video_instance.VideoInstanceEvaluator -> {"segm": {..., "AR1", "AR10"}} (YouTube-VIS, per
+                                 video; `m2f_jax.evaluate_video`)
 
 Each is streaming: `update(...)` per image (keyword-only), `compute()` at the end, `merge`
 to combine evaluators of several processes. `EVALUATORS` maps the names that
@@ -23,6 +25,7 @@ from m2f_jax.data import targets
 from m2f_jax.evaluation import instance
 from m2f_jax.evaluation import pq
 from m2f_jax.evaluation import semantic
+from m2f_jax.evaluation import video_instance
 
 
 def _update_semantic(metric, result, annotation, image_id):
@@ -53,13 +56,22 @@ def _update_instance(metric, result, annotation, image_id):
   return source
 
 
+def _update_video_instance(metric, result, annotation, image_id):
+  """One video: `result["video_instances"]` (YouTube-VIS results, contiguous class ids) and
+  `annotation` {"ground_truth": its tubes, "size": (H, W), "length": T}."""
+  height, width = annotation["size"]
+  metric.update(video_id=image_id, predictions=result["video_instances"],
+                ground_truth=annotation["ground_truth"], height=height, width=width,
+                length=annotation["length"])
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluatorSpec:
   """One metric: the post-processing output it reads, how to build and feed it.
 
   Attributes:
     needs: the key of `inference.postprocess` results it reads ("sem_seg", "panoptic_seg"
-      or "instances").
+      or "instances"), or "video_instances" (one video's `inference_video.to_results`).
     make: `make(categories=..., ignore_label=...)` -> the streaming metric.
     update: `update(metric, result, annotation, image_id)` for one image; returns a name
       of the ground truth it used when there is a choice (counted in the report under
@@ -86,6 +98,12 @@ EVALUATORS: dict[str, EvaluatorSpec] = {
         make=lambda *, categories, ignore_label: instance.InstanceEvaluator(
             categories=categories),
         update=_update_instance),
+    # Videos (m2f_jax.evaluate_video): one update per video, image_id = the video id.
+    "video_instance": EvaluatorSpec(
+        needs="video_instances",
+        make=lambda *, categories, ignore_label: video_instance.VideoInstanceEvaluator(
+            categories=categories),
+        update=_update_video_instance),
 }
 
 

@@ -170,8 +170,11 @@ def train(config: ml_collections.ConfigDict, workdir: str):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, then evaluates the final model on the validation split (eval_results.json)."""
   model, variables = train(config, workdir)
-  report = evaluate.evaluate(config=config, model=model, variables=variables, workdir=workdir)
+  from m2f_jax import evaluate_video  # pylint: disable=g-import-not-at-top
+  video = evaluate_video.is_video_task(config)  # video instance segmentation: YouTube-VIS AP
+  report = (evaluate_video.evaluate_video if video else evaluate.evaluate)(
+      config=config, model=model, variables=variables, workdir=workdir)
   if jax.process_index() == 0:
-    print(evaluate.format_report(report), flush=True)
+    print((evaluate_video if video else evaluate).format_report(report), flush=True)
     print(f"wrote {os.path.join(workdir, 'eval_results.json')}", flush=True)
   return report

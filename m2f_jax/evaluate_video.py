@@ -1,0 +1,158 @@
+"""Evaluation of a video model on a dataset's validation videos (video instance segmentation).
+
+`evaluate_video(config=..., model=..., variables=..., workdir=...)` runs the jit-compiled video
+network on one whole video at a time (as the official inference: frames resized with the
+official test-time rule, padded to a multiple of 32; `data.video_pipeline.eval_videos`), keeps
+the official top-10 tubes per video (`m2f_jax.inference_video`), feeds the metrics that
+`config.eval.evaluators` names (`m2f_jax.evaluation.EVALUATORS`: "video_instance" = YouTube-VIS
+AP as ytvoseval, `evaluation.video_instance`), merges them across processes, and writes to
+`workdir`:
+
+  eval_results.json   {"segm": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
+                      "AP-<class>"...}, "num_videos", "seconds", "timing"} (percent; strict
+                      JSON, undefined values null)
+  results.json        the predictions in the YouTube-VIS submission format (category ids of
+                      the dataset), the file the official server (or `python -m
+                      m2f_jax.evaluation.video_instance --pred-json`) reads
+
+The model is anything with `apply(variables, clips [1, T, H, W, 3]) -> {"pred_logits" [1, Q,
+K + 1], "pred_masks" [1, Q, T, H/4, W/4]}` (`m2f_jax.models.video`). Each process evaluates
+its own share of the videos; a video's frames compile once per (T, padded size). Used by
+`eval.py` and at the end of `train.py` for video tasks (`is_video_task`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from m2f_jax import data
+from m2f_jax import evaluation
+from m2f_jax import inference_video
+from m2f_jax.evaluation import video_instance
+
+VIDEO_TASKS = ("video_instance",)
+
+
+def is_video_task(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` evaluates a video task (this module) or an image task (`evaluate`)."""
+  return config.data.get("task") in VIDEO_TASKS
+
+
+def _gather_objects(obj):
+  from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
+  return evaluate._gather_objects(obj)  # pylint: disable=protected-access
+
+
+def _write_json(path: str, tree) -> None:
+  """Strict JSON (NaN as null), written atomically."""
+  def strict(x):
+    if isinstance(x, dict):
+      return {k: strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [strict(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+      return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+      return int(x)
+    return x
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(strict(tree), f, indent=2, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
+                   workdir: str | None = None, source=None, max_videos: int | None = None,
+                   frame_chunk: int = 4) -> dict:
+  """Evaluates on the validation videos; writes eval_results.json and results.json.
+
+  Args:
+    config: the run's config (data, model normalization, eval sizes and evaluators).
+    model, variables: the video model and its variables.
+    workdir: where the two files go (None: nowhere).
+    source: random-access source of videos (default: `data.data_source(config.data,
+      "validation")`).
+    max_videos: evaluate only the first N videos.
+    frame_chunk: frames post-processed at a time (`inference_video`; bounds the memory).
+
+  Returns:
+    The report written to eval_results.json.
+  """
+  from m2f_jax.data import video_pipeline  # pylint: disable=g-import-not-at-top (grain)
+  d, e = config.data, config.eval
+  if source is None:
+    source = data.data_source(d, "validation")
+  categories = data.categories(d, config.model.num_classes)
+  dataset_ids = [int(c.get("dataset_id", c["id"])) for c in categories]
+  evaluators = evaluation.make_evaluators(e.evaluators, categories=categories,
+                                          ignore_label=d.get("ignore_label", 255))
+  wrong = [ev.name for ev in evaluators if ev.spec.needs != "video_instances"]
+  if wrong:
+    raise ValueError(f"eval.evaluators {wrong} evaluate images, not videos: a video task "
+                     "(data.task='video_instance') uses ('video_instance',)")
+  videos = video_pipeline.eval_videos(
+      source, pixel_mean=config.model.pixel_mean, pixel_std=config.model.pixel_std,
+      min_size=e.get("min_size"), max_size=e.get("max_size"), max_videos=max_videos)
+  forward = jax.jit(lambda v, x: model.apply(v, x))
+  seconds = dict(data=0.0, forward=0.0, postprocess=0.0, metrics=0.0)
+  results, num_videos = [], 0
+  t0 = t_data = time.perf_counter()
+  for video in videos:
+    t_forward = time.perf_counter()
+    seconds["data"] += t_forward - t_data
+    out = forward(variables, video["images"])
+    logits = np.asarray(out["pred_logits"])[0]  # [Q, K + 1]
+    masks = np.asarray(out["pred_masks"])[0]  # [Q, T, h, w]
+    t_post = time.perf_counter()
+    seconds["forward"] += t_post - t_forward
+    result = inference_video.inference_video(
+        pred_logits=logits, pred_masks=masks, padded_size=video["images"].shape[2:4],
+        image_size=tuple(video["image_size"]), output_size=tuple(video["output_size"]),
+        frame_chunk=frame_chunk)
+    t_metrics = time.perf_counter()
+    seconds["postprocess"] += t_metrics - t_post
+    predictions = inference_video.to_results(video["video_id"], result)  # contiguous ids
+    annotation = {"ground_truth": video["ground_truth"], "size": tuple(video["output_size"]),
+                  "length": video["images"].shape[1]}
+    for evaluator in evaluators:
+      evaluator.update(result={"video_instances": predictions}, annotation=annotation,
+                       image_id=video["video_id"])
+    results += [dict(p, category_id=dataset_ids[p["category_id"]]) for p in predictions]
+    num_videos += 1
+    t_data = time.perf_counter()
+    seconds["metrics"] += t_data - t_metrics
+
+  t_compute = time.perf_counter()
+  report = {}
+  for evaluator in evaluators:
+    parts = _gather_objects(evaluator)
+    for other in parts[1:]:
+      parts[0].merge(other)
+    computed = parts[0].compute()
+    computed.pop("ground_truth", None)
+    report.update(computed)
+  all_results = [r for part in _gather_objects(results) for r in part]
+  report["num_videos"] = int(sum(_gather_objects(num_videos)))
+  seconds["metrics"] += time.perf_counter() - t_compute
+  report["seconds"] = time.perf_counter() - t0
+  report["timing"] = {f"{k}_s": v for k, v in seconds.items()}
+  report["timing"]["forward_compilations"] = forward._cache_size()  # pylint: disable=protected-access
+  if workdir is not None and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "eval_results.json"), report)
+    _write_json(os.path.join(workdir, "results.json"), all_results)
+  return report
+
+
+def format_report(report: dict) -> str:
+  """A printable table of the video AP names."""
+  segm = report.get("segm", {})
+  keys = [k for k in video_instance.METRICS if k in segm]
+  return ("segm (video) " + "".join(f"{k:>8}" for k in keys) + "\n" + " " * 13
+          + "".join(f"{float('nan') if segm[k] is None else segm[k]:8.2f}" for k in keys))
