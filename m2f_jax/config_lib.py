@@ -145,6 +145,8 @@ def data_config(dataset: str, *, task: str | None = None,
       num_targets=100,             # M: target masks per training image (padded)
       frame_range=20,              # video: the other clip frames lie within +-this of a reference
                                    # frame (official SAMPLING_FRAME_RANGE; video_pipeline)
+      heldout_videos=0,            # YouTube-VIS: train videos held out as the "validation" split
+                                   # (the release's validation ground truth is not public)
       augmentation=spec.augmentation,  # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
       num_frames=2,                # T: frames per training clip (video; official SAMPLING_FRAME_NUM)
       image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)

@@ -9,6 +9,7 @@ from m2f_jax import config_lib
 from m2f_jax import evaluation
 from m2f_jax.data import datasets
 from m2f_jax.data import transforms
+from m2f_jax.data import video_pipeline
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -43,14 +44,14 @@ def test_config_files_declare_no_fields_of_their_own(name, arg):
   base = config_lib.base_config(model=config.model, dataset=config.data.dataset,
                                 task=config.data.task, max_steps=1)
   assert _keys(config) == _keys(base)
-  assert config.data.augmentation in transforms.AUGMENTATIONS
+  assert config.data.augmentation in transforms.AUGMENTATIONS + video_pipeline.AUGMENTATIONS
   assert set(config.eval.evaluators) <= set(evaluation.EVALUATORS)
 
 
 def test_dataset_specs_are_consistent():
   for name, spec in datasets.DATASETS.items():
     assert spec.name == name
-    assert spec.augmentation in transforms.AUGMENTATIONS
+    assert spec.augmentation in transforms.AUGMENTATIONS + video_pipeline.AUGMENTATIONS
     assert spec.task in ("semantic", "instance", "panoptic", "video_instance")
     assert (spec.builder is None) != (spec.memory_source is None), name
     for task, names in spec.evaluators.items():

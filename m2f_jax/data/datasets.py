@@ -84,6 +84,30 @@ def _synthetic_video_categories(data_cfg) -> list[dict]:
   return [c for c in _synthetic_categories(data_cfg) if c["isthing"]]
 
 
+def _ytvis_builder(release: str):
+  def build(data_cfg, build_kwargs):
+    from m2f_jax.data.builders import ytvis  # pylint: disable=g-import-not-at-top
+    return ytvis.Ytvis(
+        config=ytvis.make_config(release, int(data_cfg.get("heldout_videos") or 0),
+                                 **build_kwargs["config"]),
+        **build_kwargs["builder"])
+  return build
+
+
+def _ytvis_categories(data_cfg) -> list[dict]:
+  """From the prepared dataset, else from the release's JSON in data.source_dir."""
+  builder = tfds_builder(data_cfg)
+  if builder.is_prepared():
+    return [dict(c) for c in builder.info.metadata["categories"]]
+  from m2f_jax.data.builders import ytvis  # pylint: disable=g-import-not-at-top
+  if not data_cfg.get("source_dir"):
+    raise ValueError(f"data.dataset={data_cfg.dataset!r} is not prepared and data.source_dir "
+                     "is not set: no category list")
+  path = ytvis.json_path(data_cfg.source_dir)
+  with open(path) as f:
+    return ytvis.categories_from_json(json.load(f), path)
+
+
 def _coco_builder(panoptic: bool):
   def build(data_cfg, build_kwargs):
     del data_cfg
@@ -200,6 +224,13 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec(name="synthetic_video", task="video_instance", augmentation="synthetic",
                 eval_size=(None, None), categories=_synthetic_video_categories,
                 memory_source=_synthetic_video_source),
+    # YouTube-VIS (the evaluation split: data.heldout_videos train videos held out).
+    DatasetSpec(name="ytvis_2019", task="video_instance", augmentation="ytvis",
+                eval_size=(360, 1333), categories=_ytvis_categories,
+                builder=_ytvis_builder("2019")),
+    DatasetSpec(name="ytvis_2021", task="video_instance", augmentation="ytvis",
+                eval_size=(360, 1333), categories=_ytvis_categories,
+                builder=_ytvis_builder("2021")),
     # Your own data in COCO panoptic or instance format (its own categories).
     # Panoptic data reports mIoU, PQ and mask AP (of its thing segments), as COCO panoptic.
     DatasetSpec(name="coco_format", task="panoptic", augmentation="coco_lsj",

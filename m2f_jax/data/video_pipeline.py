@@ -81,24 +81,39 @@ def _decode_rles(rles: Sequence[str], height: int, width: int) -> np.ndarray:
   return out
 
 
+def _decode_image(frame) -> np.ndarray:
+  if isinstance(frame, (bytes, np.bytes_)):
+    import io  # pylint: disable=g-import-not-at-top
+    import PIL.Image  # pylint: disable=g-import-not-at-top
+    with PIL.Image.open(io.BytesIO(frame)) as image:
+      return np.asarray(image.convert("RGB"))
+  return np.asarray(frame)
+
+
 def clip_record(example: Mapping[str, Any],
                 frames: Sequence[int] | None = None) -> dict[str, Any]:
   """A source's example -> the clip record of `frames` (None: every frame).
 
   Examples: synthetic clips ("video", "panoptic", "segments_info": thing segments become
-  the instances) and YouTube-VIS examples ("video" and "instances" with one compressed RLE
-  per instance and frame, "" where absent; see `builders/ytvis.py`). Masks are decoded only
-  for the selected frames.
+  the instances) and YouTube-VIS examples ("video", "instances" and "segmentations": one
+  compressed RLE per instance and frame, instance-major, "" where absent; see
+  `builders/ytvis.py`). "video" is uint8 [T, H, W, 3] or a list of frames (arrays, or encoded
+  images); masks (and encoded frames) are decoded only for the selected frames.
   """
-  video = np.asarray(example["video"])
-  if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-    raise ValueError(f"clip {example.get('video_id')}: 'video' must be uint8 [T, H, W, 3], got "
-                     f"{video.dtype} {video.shape}")
-  length, height, width = video.shape[:3]
+  video = example["video"]
+  length = len(video)
   frames = np.arange(length) if frames is None else np.asarray(frames, np.int64)
   if frames.size == 0 or frames.min() < 0 or frames.max() >= length:
     raise ValueError(f"clip {example.get('video_id')}: frames {frames.tolist()} out of "
                      f"range for {length} frames")
+  if isinstance(video, np.ndarray):
+    video = video[frames]
+  else:  # a list of decoded frames, or of encoded images (decoded here, selected ones only)
+    video = np.stack([_decode_image(video[t]) for t in frames])
+  if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+    raise ValueError(f"clip {example.get('video_id')}: 'video' must be uint8 [T, H, W, 3], got "
+                     f"{video.dtype} {video.shape}")
+  height, width = video.shape[1:3]
   if "panoptic" in example:  # synthetic: the thing segments are the tracks
     panoptic = np.asarray(example["panoptic"])[frames]  # [T, H, W]
     info = example["segments_info"]
@@ -112,12 +127,12 @@ def clip_record(example: Mapping[str, Any],
     category = np.asarray(inst["category_id"], np.int32).reshape(-1)
     iscrowd = np.asarray(inst["iscrowd"], bool).reshape(-1)
     ids = np.asarray(inst["track_id"], np.int64).reshape(-1)
-    rles = np.asarray(inst["segmentations"], object).reshape(len(category), length)
+    rles = np.asarray(example["segmentations"], object).reshape(len(category), length)
     masks = np.stack([_decode_rles(rles[n, frames], height, width)
                       for n in range(len(category))]) if len(category) else \
         np.zeros((0, len(frames), height, width), np.uint8)  # [N, T, H, W]
   return {
-      "video": video[frames],
+      "video": video,
       "instances": {"masks": masks, "category_id": category, "iscrowd": iscrowd,
                     "track_id": ids},
       "video_id": int(example.get("video_id", -1)),
@@ -265,7 +280,7 @@ def clip_targets(clip: Mapping[str, Any], *, num_targets: int) -> dict[str, np.n
 
 def _train_clip(example, rng, *, num_frames, frame_range, image_size, augmentation, flip,
                 scale_range, min_size_train, max_size_train):
-  length = int(np.asarray(example["video"]).shape[0])
+  length = len(example["video"])
   frames = sample_frames(length, rng, num_frames=num_frames, frame_range=frame_range)
   clip = clip_record(example, frames)
   return augment_clip(clip, rng, image_size=image_size, augmentation=augmentation, flip=flip,
