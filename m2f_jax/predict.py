@@ -2,6 +2,8 @@ r"""Segments images with a checkpoint; writes overlays and machine-readable resu
 
   python -m m2f_jax.predict --checkpoint DIR --task panoptic a.jpg b.png --output out/
   python -m m2f_jax.predict --checkpoint DIR --task panoptic photos/ --output out/
+  python -m m2f_jax.predict --checkpoint DIR --task video_instance frames/vid_a --output out/
+      (each input a folder of frames; the outputs of m2f_jax/predict_video.py)
 
 Inputs are image files and folders (searched recursively for .jpg, .jpeg, .png, .bmp, .tif,
 .tiff, .webp). Each image's NAME is its path relative to the folder that holds all inputs,
@@ -151,10 +153,15 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--checkpoint", required=True,
                       help="model directory or training checkpoint step directory")
-  parser.add_argument("--task", choices=("semantic", "instance", "panoptic"), required=True)
+  parser.add_argument("--task", choices=("semantic", "instance", "panoptic", "video_instance"),
+                      required=True, help="video_instance: each input is a folder of frames "
+                      "(m2f_jax/predict_video.py)")
   parser.add_argument("--output", required=True)
   parser.add_argument("images", nargs="+", help="image files and folders of images")
   args = parser.parse_args(argv)
+  if args.task == "video_instance":  # folders of frames: overlays, GIFs, YouTube-VIS results
+    from m2f_jax import predict_video  # pylint: disable=g-import-not-at-top
+    return predict_video.main(args)
 
   import jax  # pylint: disable=g-import-not-at-top
   try:
