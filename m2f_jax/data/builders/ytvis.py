@@ -13,7 +13,8 @@ instance is absent; `categories`), frames read from `train/JPEGImages/<file_name
   frames a clip uses (`video_pipeline.clip_record`). Polygons with fewer than 3 points are
   left out (as the official loader); a frame with no valid polygon counts as absent and is
   noted in `info.metadata["dropped_annotations"]`. Crowd annotations are kept (`iscrowd`).
-- Frames: JPEG files kept byte for byte (other formats stored as PNG).
+- Frames: JPEG files kept byte for byte (other formats stored as PNG), stored as encoded
+  bytes and decoded only when a clip uses them (a training clip reads 2 frames of ~36).
 
 The validation ground truth of YouTube-VIS is not public, so the evaluation split is a
 held-out part of train: `YtvisConfig(heldout_videos=N)` ("<release>_heldoutN") puts N train
@@ -158,8 +159,10 @@ class Ytvis(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         description=__doc__,
         homepage="https://youtube-vos.org/dataset/vis/",
         features=tfds.features.FeaturesDict({
-            "video": tfds.features.Sequence(
-                tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")),
+            # The encoded frames (the release's JPEG bytes; PNG for other formats), decoded
+            # only for the frames a clip uses (`video_pipeline.clip_record`): a training clip
+            # reads 2 of a video's frames.
+            "video": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
             "instances": tfds.features.Sequence({
                 "category_id": np.int32, "iscrowd": np.bool_, "track_id": np.int64}),
             # Instance-major, one per instance and frame: compressed RLE, "" where absent.
