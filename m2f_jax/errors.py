@@ -12,8 +12,11 @@ printed only with `--verbose` or the environment variable `M2F_VERBOSE=1`.
 """
 
 import contextlib
+import logging
 import os
+import re
 import sys
+import threading
 import traceback
 
 VERBOSE_ENV = "M2F_VERBOSE"
@@ -40,6 +43,20 @@ class WorkdirError(UserError):
   """A workdir held by another run, or trained with an incompatible config."""
 
 
+def config_key_error(exc: Exception, argv) -> ConfigError:
+  """A --config.KEY that names no config field (ml_collections' KeyError / AttributeError)."""
+  text = str(exc)
+  if text.startswith(("'", '"')):  # a quoted repr of the message
+    text = text[1:-1].encode().decode("unicode_escape")
+  key = (re.findall(r"'(\w+)'", text) or ["?"])[0]
+  arg = next((a.split("=")[0] for a in argv if a.startswith("--config.") and key in a),
+             f"--config...{key}")
+  hint = re.search(r'Did you mean "(\w+)"', text)
+  hint = f"did you mean {hint.group(1)!r}? " if hint else ""
+  return ConfigError(f"{arg}: the config has no field {key!r}; {hint}the fields are those of "
+                     "the config file's get_config()")
+
+
 def verbose(argv=None) -> bool:
   """True with --verbose on the command line or M2F_VERBOSE=1 in the environment."""
   argv = sys.argv if argv is None else argv
@@ -60,6 +77,34 @@ def report(exc: BaseException, *, file=None) -> None:
   print(f"error: {name}{one_line(exc)}", file=file, flush=True)
 
 
+class _BackgroundErrors(logging.Filter):
+  """Drops the tracebacks Orbax's background threads and asyncio log for a failed write.
+
+  The same failure reaches the main thread (`wait_until_finished`), which reports it.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    return not ("/orbax/" in record.pathname or record.name == "asyncio")
+
+
+def quiet_background_errors():
+  """Unless verbose: no tracebacks of Orbax's background threads in the log (see above)."""
+  if verbose():
+    return
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_BackgroundErrors())
+
+
+def _silence_exit():
+  """After a reported error: no tracebacks of threads and exit handlers that fail with it
+  (a full disk also fails TensorBoard's last flush)."""
+  threading.excepthook = lambda *_: None
+  sys.unraisablehook = lambda *_: None
+  logging.disable(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def reporting(user_errors: tuple = ()):
   """Turns `UserError` (and `user_errors`) into a short message and exit status 2.
@@ -71,6 +116,8 @@ def reporting(user_errors: tuple = ()):
   except (UserError, *user_errors) as e:  # pylint: disable=broad-except
     if verbose():
       traceback.print_exc()
+    else:
+      _silence_exit()
     report(e)
     if not verbose() and len(one_line(e).splitlines()) < 2:
       print(f"  (traceback: --verbose or {VERBOSE_ENV}=1)", file=sys.stderr, flush=True)

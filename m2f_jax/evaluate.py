@@ -6,7 +6,8 @@ images of one padded size, sharded over a local mesh: every image is padded only
 multiple of 32, as the official evaluation, so results do not depend on the batch; the
 network compiles once per padded size), post-processes them with the official semantics (`m2f_jax.inference`), accumulates the
 task's metrics (`m2f_jax.evaluation`), merges them across processes, writes
-`eval_results.json` (Detectron2's names, percent) and a few visualization PNGs, and returns
+`eval_results.json` (Detectron2's names, percent; strict JSON, undefined metrics as null,
+written atomically) and a few visualization PNGs, and returns
 the results with the time split and compile counts under "timing". The metrics are those `config.eval.evaluators` names (`m2f_jax.evaluation.
 EVALUATORS`); post-processing computes what they need. Used by `eval.py` and at the end of
 `train.py`.
@@ -141,12 +142,38 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
       "postprocess_compilations": inference.compilation_count() - post_compiles,
   }
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "eval_results.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    write_report(os.path.join(workdir, "eval_results.json"), report)
   return report
+
+
+def strict_json(tree):
+  """`tree` with NaN and infinities as None (null): strict JSON parsers reject NaN."""
+  if isinstance(tree, dict):
+    return {k: strict_json(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [strict_json(v) for v in tree]
+  if isinstance(tree, (float, np.floating)):
+    return float(tree) if np.isfinite(tree) else None
+  if isinstance(tree, np.integer):
+    return int(tree)
+  return tree
+
+
+def write_report(path: str, report: dict):
+  """Writes strict JSON (undefined metrics as null) atomically: temporary file, os.replace."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-",
+                             dir=os.path.dirname(os.path.abspath(path)))
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(strict_json(report), f, indent=2, allow_nan=False)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 REPORT_KEYS = {
