@@ -185,6 +185,10 @@ def data_config(dataset: str, *, task: str | None = None,
       isthing=ml_collections.FieldReference(None, field_type=list),
       # synthetic: images per split and the generator's seed.
       num_train=2000, num_val=100, seed=0,
+      # synthetic_video: frames and (H, W) of every generated video (0 / None: varied, 4..12
+      # frames, sides 96..256). Fixed values give evaluation one compiled shape (the video
+      # network compiles once per frame count and padded size).
+      video_frames=0, video_size=ml_collections.FieldReference(None, field_type=tuple),
   ))
 
 

@@ -150,3 +150,6 @@ def test_registered_dataset():
   assert len(data.data_source(cfg, "train")) == 7
   assert len(data.data_source(cfg, "validation")) == 3
   assert [c["name"] for c in data.categories(cfg)] == ["disc", "square", "triangle", "cross"]
+  cfg.update(video_frames=5, video_size=(64, 80))  # one shape: one compile at evaluation
+  clip = data.data_source(cfg, "validation")[2]
+  assert clip["video"].shape == (5, 64, 80, 3)

@@ -76,7 +76,8 @@ def _synthetic_video_source(data_cfg, split: str):
   from m2f_jax.data import synthetic_video  # pylint: disable=g-import-not-at-top
   return synthetic_video.SyntheticVideoSource(
       data_cfg.num_train if split == "train" else data_cfg.num_val, split=split,
-      seed=data_cfg.seed)
+      seed=data_cfg.seed, num_frames=data_cfg.get("video_frames") or None,
+      image_size=data_cfg.get("video_size") or None)
 
 
 def _synthetic_video_categories(data_cfg) -> list[dict]:
