@@ -14,6 +14,7 @@ AP as ytvoseval, `evaluation.video_instance`), merges them across processes, and
   results.json        the predictions in the YouTube-VIS submission format (category ids of
                       the dataset), the file the official server (or `python -m
                       m2f_jax.evaluation.video_instance --pred-json`) reads
+  visualizations/<video_id>.gif   the first videos' frames with their results
 
 The model is anything with `apply(variables, clips [1, T, H, W, 3]) -> {"pred_logits" [1, Q,
 K + 1], "pred_masks" [1, Q, T, H/4, W/4]}` (`m2f_jax.models.video`). Each process evaluates
@@ -67,9 +68,21 @@ def _write_json(path: str, tree) -> None:
   os.replace(tmp, path)
 
 
+def _visualize(video, result, class_names, path, *, pixel_mean, pixel_std):
+  """An animated GIF of the video's frames with its results (`predict_video`'s overlays)."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  from m2f_jax import predict_video  # pylint: disable=g-import-not-at-top
+  h, w = video["image_size"]
+  out_h, out_w = (int(s) for s in video["output_size"])
+  frames = video["images"][0, :, :h, :w] * np.asarray(pixel_std) + np.asarray(pixel_mean)
+  frames = [np.asarray(PIL.Image.fromarray(np.clip(f, 0, 255).astype(np.uint8)).resize(
+      (out_w, out_h), PIL.Image.BILINEAR)) for f in frames]
+  predict_video.save_gif(predict_video.frame_overlays(frames, result, class_names), path)
+
+
 def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
                    workdir: str | None = None, source=None, max_videos: int | None = None,
-                   frame_chunk: int = 4) -> dict:
+                   frame_chunk: int = 4, num_visualizations: int = 2) -> dict:
   """Evaluates on the validation videos; writes eval_results.json and results.json.
 
   Args:
@@ -80,6 +93,8 @@ def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
       "validation")`).
     max_videos: evaluate only the first N videos.
     frame_chunk: frames post-processed at a time (`inference_video`; bounds the memory).
+    num_visualizations: animated GIFs of the first videos' results written to
+      `workdir/visualizations/<video_id>.gif`.
 
   Returns:
     The report written to eval_results.json.
@@ -124,6 +139,11 @@ def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
       evaluator.update(result={"video_instances": predictions}, annotation=annotation,
                        image_id=video["video_id"])
     results += [dict(p, category_id=dataset_ids[p["category_id"]]) for p in predictions]
+    if workdir is not None and jax.process_index() == 0 and num_videos < num_visualizations:
+      os.makedirs(os.path.join(workdir, "visualizations"), exist_ok=True)
+      _visualize(video, result, [c["name"] for c in categories],
+                 os.path.join(workdir, "visualizations", f"{video['video_id']}.gif"),
+                 pixel_mean=config.model.pixel_mean, pixel_std=config.model.pixel_std)
     num_videos += 1
     t_data = time.perf_counter()
     seconds["metrics"] += t_data - t_metrics

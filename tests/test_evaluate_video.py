@@ -3,10 +3,12 @@ model that predicts the ground truth scores AP 100, one that predicts nothing us
 0; the files it writes; the dispatch predicate."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import PIL.Image
 import pytest
 from pycocotools import mask as mask_util
 
@@ -84,6 +86,9 @@ def test_oracle_scores_100_and_files_are_written(setup, tmp_path):
   assert len(r["segmentations"]) == frames
   assert mask_util.decode(r["segmentations"][0]).shape == (64, 64)
   assert "AP" in evaluate_video.format_report(report)
+  gifs = sorted(os.listdir(tmp_path / "visualizations"))
+  assert gifs == ["0.gif", "1.gif"]
+  assert PIL.Image.open(tmp_path / "visualizations" / "0.gif").size == (64, 64)
 
 
 def test_empty_masks_score_zero_and_max_videos(setup):
