@@ -26,6 +26,11 @@ pick a dataset by name (`data.dataset`) from the registry in `datasets.py`, one
 `m2f_jax.config_lib.data_config`. `python -m m2f_jax.data.prepare --config CONFIG` builds a
 tfds dataset once from the user's local copy (nothing is ever downloaded).
 
+Videos (task "video_instance": `synthetic_video`, YouTube-VIS) yield one record per video,
+brought to CLIP RECORDS by `video_pipeline.clip_record` (frames uint8 [T, H, W, 3], instance
+tracks uint8 [N, T, H, W]); `video_pipeline` makes training clips [B, T, H, W, 3] and whole
+evaluation videos.
+
 Modules: `datasets` (the registry), `prepare` (the CLI that builds a tfds dataset),
 `panoptic_png` (the COCO panoptic PNG codec), `synthetic` (procedural dataset: grain
 source and tfds builder), `targets`

@@ -10,6 +10,9 @@ into the records of `m2f_jax/data/__init__.py`:
 - `ade20k.Ade20kSceneParsing`: ADEChallengeData2016 (150 classes); image and semantic map.
 - `cityscapes.CityscapesFine`: Cityscapes gtFine (19 classes); image, semantic (train ids),
   panoptic built from the instance ids.
+- `ytvis.Ytvis`: YouTube-VIS 2019 / 2021 (40 classes each), one example per video: encoded
+  frames and per-frame instance RLEs, brought to clip records by `video_pipeline.clip_record`
+  (not `normalize_record`); a held-out part of train is the "validation" split.
 
 Nothing is ever downloaded: `builder.download_and_prepare(download_config=
 tfds.download.DownloadConfig(manual_dir=SOURCE))` reads the release from SOURCE (each
