@@ -140,6 +140,10 @@ def test_registered_datasets_and_categories_from_the_json(built):
   assert data.spec("ytvis_2021").task == "video_instance"
   assert [c["name"] for c in data.categories(cfg)] == ["person", "dog"]  # not prepared yet
   assert data.tfds_builder(cfg).builder_config.name == "2021_heldout1"
+  data.prepare_dataset(cfg)  # as `python -m m2f_jax.data.prepare` does
+  assert len(data.data_source(cfg, "train")) == 2
+  assert len(data.data_source(cfg, "validation")) == 1
+  assert [c["dataset_id"] for c in data.categories(cfg)] == [1, 3]  # from the metadata
 
 
 @pytest.mark.parametrize("damage, reason", [
