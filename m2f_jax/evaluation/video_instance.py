@@ -58,7 +58,6 @@ RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # [R]
 MAX_DETS = (1, 10, 100)
 # ytvoseval's area ranges (of the mean area per frame): all, small, medium, large.
 AREA_RANGES = ((0.0, 1e5 ** 2), (0.0, 128.0 ** 2), (128.0 ** 2, 256.0 ** 2), (256.0 ** 2, 1e5 ** 2))
-_INTERSECTION_CHUNK = 16  # tubes decoded at once per frame when intersecting
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,7 +112,10 @@ def tube_intersections(preds: Sequence[Sequence[Any]], gts: Sequence[Sequence[An
                        num_frames: int) -> np.ndarray:
   """Summed per-frame intersections of prediction and truth tubes, int64 [D, G].
 
-  Each tube is a list of `num_frames` compressed RLEs or None (one video: one size).
+  Each tube is a list of `num_frames` compressed RLEs or None (one video: one size). Per
+  frame, pycocotools' RLE IoU of every pair, turned back into the intersection exactly:
+  I = rint(iou (|d| + |g|) / (1 + iou)) (an integer below 2^31, recovered from a double whose
+  relative error is ~1e-16). On RLEs, without decoding: ~300x faster than decoding 720p masks.
   """
   out = np.zeros((len(preds), len(gts)), np.int64)
   if not len(preds) or not len(gts):
@@ -123,13 +125,13 @@ def tube_intersections(preds: Sequence[Sequence[Any]], gts: Sequence[Sequence[An
     di = [i for i, d in enumerate(preds) if d[t] is not None]
     if not gi or not di:
       continue
-    g = mask_util.decode([gts[j][t] for j in gi])  # [H, W, G']
-    g = g.reshape(-1, len(gi)).astype(np.float32)
-    for start in range(0, len(di), _INTERSECTION_CHUNK):
-      rows = di[start:start + _INTERSECTION_CHUNK]
-      d = mask_util.decode([preds[i][t] for i in rows]).reshape(-1, len(rows))  # [HW, D']
-      # Exact: sums of 0/1 products below 2^24 per frame.
-      out[np.ix_(rows, gi)] += np.rint(d.astype(np.float32).T @ g).astype(np.int64)
+    d = [preds[i][t] for i in di]
+    g = [gts[j][t] for j in gi]
+    iou = np.asarray(mask_util.iou(d, g, [0] * len(g)), np.float64).reshape(len(d), len(g))
+    area_d = mask_util.area(d).astype(np.float64)  # [D']
+    area_g = mask_util.area(g).astype(np.float64)  # [G']
+    out[np.ix_(di, gi)] += np.rint(iou * (area_d[:, None] + area_g[None, :])
+                                   / (1.0 + iou)).astype(np.int64)
   return out
 
 
