@@ -201,6 +201,23 @@ def restore_checkpoint(manager, abstract_state, data_iter, step: int | None = No
   return restored["state"]
 
 
+def _keep_class_head_if_resized(path: str, loaded: dict, variables: dict) -> dict:
+  """`loaded` with this model's fresh `class_predictor` when the class counts differ.
+
+  As the official video training initialized from a COCO instance model (Detectron2's
+  checkpointer skips the class head whose shape changed): image and video models share every
+  other parameter, so an image checkpoint initializes a video model of another dataset.
+  """
+  head = "class_predictor"
+  ours, theirs = variables["params"].get(head), dict(loaded["params"]).get(head)
+  if ours is None or theirs is None or (
+      jax.tree.map(np.shape, dict(ours)) == jax.tree.map(np.shape, dict(theirs))):
+    return loaded
+  logging.warning("init_from=%s: class head %s re-initialized (checkpoint %s, model %s)",
+                  path, head, np.shape(theirs["kernel"]), np.shape(ours["kernel"]))
+  return {**loaded, "params": {**dict(loaded["params"]), head: ours}}
+
+
 def initialize_from(path: str, state: TrainState, backbone: str) -> TrainState:
   """`config.init_from`: an m2f_jax checkpoint directory or an ImageNet backbone file."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
