@@ -24,7 +24,6 @@ its own share of the videos; a video's frames compile once per (T, padded size).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -51,21 +50,9 @@ def _gather_objects(obj):
 
 
 def _write_json(path: str, tree) -> None:
-  """Strict JSON (NaN as null), written atomically."""
-  def strict(x):
-    if isinstance(x, dict):
-      return {k: strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-      return [strict(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-      return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-      return int(x)
-    return x
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(strict(tree), f, indent=2, allow_nan=False)
-  os.replace(tmp, path)
+  """Strict JSON (NaN as null), written atomically (`evaluate.write_report`)."""
+  from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
+  evaluate.write_report(path, tree)
 
 
 def _visualize(video, result, class_names, path, *, pixel_mean, pixel_std):
