@@ -1,10 +1,12 @@
 r"""Your own data in COCO panoptic (or COCO instance) format, with any model size.
 
   python train.py --config configs/custom.py:tiny --workdir workdir/mine \
-      --config.data.json_file=mine/annotations/panoptic_train.json \
-      --config.data.image_dir=mine/train --config.data.panoptic_dir=mine/panoptic_train \
-      --config.data.val_json_file=mine/annotations/panoptic_val.json \
-      --config.data.val_image_dir=mine/val --config.data.val_panoptic_dir=mine/panoptic_val
+      --config.data.json_file=mydata/annotations/panoptic_train.json \
+      --config.data.image_dir=mydata/train --config.data.panoptic_dir=mydata/panoptic_train \
+      --config.data.val_json_file=mydata/annotations/panoptic_val.json \
+      --config.data.val_image_dir=mydata/val --config.data.val_panoptic_dir=mydata/panoptic_val
+
+The folder layout, evaluation, prediction and bad files: README.md, "Train on your own data".
 
 Variants: `tiny` (the model and recipe of configs/tiny.py: CPU-sized, trained from scratch)
 and the official `r50`, `r101`, `swin_t`, `swin_s`, `swin_b`, `swin_l` (those of
