@@ -7,12 +7,16 @@ default through the project's tfds builder (`data.dataset="coco_format"`:
 `m2f_jax.data.prepare_dataset` then `data_source`), or with `--source files` through a plain
 random-access source that decodes the JPEG / PNG files on every read. Batches come from
 `pipeline.train_iterator(augmentation="coco_lsj")`: RandomFlip, ResizeScale(0.1, 2.0),
-FixedSizeCrop(1024) with padding, panoptic targets padded to `--num_targets` masks
-[M, 1024, 1024] uint8 each, normalized float32 images. After one warm-up batch (which
-starts the worker processes) `--batches` batches are timed; a per-stage profile of the
-single-process path (read + decode, augment, targets + normalize) is printed first.
+FixedSizeCrop(1024) with padding, panoptic targets padded to `--num_targets` slots, in
+both forms (`--targets`): "compact" (the default of every config, `data.compact_targets`:
+the uint8 image and a uint8 segment map [1, 1024, 1024], expanded on the device by
+`m2f_jax.device_batch`) and "dense" (normalized float32 images and masks [M, 1024, 1024]
+uint8). After one warm-up batch (which starts the worker processes) `--batches` batches are
+timed; for each form and worker count it prints images/s, images/s per core used (workers +
+the main process) and the bytes per example that go to the device. A per-stage profile of
+the single-process path (read + decode, augment, targets) is printed first.
 
-  python benchmarks/input_pipeline.py                      # workers 0 and 2, 64 images
+  python benchmarks/input_pipeline.py                      # workers 0, 1, 2; 64 images
   python benchmarks/input_pipeline.py --workers 0,4,8 --batches 30 --source files
 
 What it implies: a training step consumes `per-accelerator rate x accelerators` images/s;
@@ -142,10 +146,11 @@ def make_source(kind: str, files: dict[str, str], data_dir: str):
 # ------------------------------------------------------------------------------------------
 
 
-def profile_stages(source, *, image_size, num_targets, count: int = 16) -> dict[str, float]:
+def profile_stages(source, *, image_size, num_targets, compact: bool,
+                   count: int = 16) -> dict[str, float]:
   """Milliseconds per image of each stage of the single-process path."""
   rng = np.random.default_rng(0)
-  times = {"read + decode": 0.0, "augment (LSJ)": 0.0, "targets + normalize": 0.0}
+  times = {"read + decode": 0.0, "augment (LSJ)": 0.0, "targets (+ normalize)": 0.0}
   for i in range(-2, count):  # two warm-up images
     if i == 0:
       times = dict.fromkeys(times, 0.0)
@@ -155,28 +160,32 @@ def profile_stages(source, *, image_size, num_targets, count: int = 16) -> dict[
     record = transforms.augment(record, rng, image_size=image_size, augmentation="coco_lsj")
     t2 = time.perf_counter()
     pipeline.train_example(record, task="panoptic", num_targets=num_targets, pixel_mean=MEAN,
-                           pixel_std=STD, zero_padding=False)
+                           pixel_std=STD, zero_padding=False, compact=compact)
     t3 = time.perf_counter()
     times["read + decode"] += t1 - t0
     times["augment (LSJ)"] += t2 - t1
-    times["targets + normalize"] += t3 - t2
+    times["targets (+ normalize)"] += t3 - t2
   return {k: 1e3 * v / count for k, v in times.items()}
 
 
 def images_per_second(source, *, workers: int, batch_size: int, batches: int, image_size,
-                      num_targets: int, read_threads: int, prefetch: int) -> float:
+                      num_targets: int, read_threads: int, prefetch: int,
+                      compact: bool) -> tuple[float, float]:
+  """(images/s, bytes per example shipped to the device)."""
   iterator = pipeline.train_iterator(
       source, batch_size=batch_size, seed=0, task="panoptic", num_targets=num_targets,
       image_size=image_size, pixel_mean=MEAN, pixel_std=STD, augmentation="coco_lsj",
       shard_options=grain.sharding.NoSharding(), worker_count=workers,
-      read_threads=read_threads, prefetch=prefetch)
+      read_threads=read_threads, prefetch=prefetch, compact=compact)
   try:
-    next(iterator)  # starts the workers
+    first = next(iterator)  # starts the workers
+    key = "segments" if compact else "masks"
+    assert first[key].shape[:2] == ((batch_size, 1) if compact else (batch_size, num_targets))
+    nbytes = sum(np.asarray(v).nbytes for v in first.values()) / batch_size
     t0 = time.perf_counter()
     for _ in range(batches):
-      batch = next(iterator)
-      assert batch["masks"].shape == (batch_size, num_targets) + tuple(image_size)
-    return batches * batch_size / (time.perf_counter() - t0)
+      next(iterator)
+    return batches * batch_size / (time.perf_counter() - t0), nbytes
   finally:
     if hasattr(iterator, "close"):
       iterator.close()
@@ -184,7 +193,9 @@ def images_per_second(source, *, workers: int, batch_size: int, batches: int, im
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
+  parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+  parser.add_argument("--targets", default="compact,dense",
+                      help="comma-separated target forms: compact (the default) and dense")
   parser.add_argument("--images", type=int, default=64)
   parser.add_argument("--batch_size", type=int, default=4)
   parser.add_argument("--batches", type=int, default=16, help="timed batches per setting")
@@ -215,29 +226,35 @@ def main():
     print(f"source: {kind} ({type(source).__name__}, {len(source)} records); "
           f"{os.cpu_count()} CPU cores; batch {args.batch_size}, M={args.num_targets}, "
           f"{image_size[0]}x{image_size[1]}")
-    mib = args.num_targets * image_size[0] * image_size[1] / 2**20
-    print(f"per image: masks {mib:.0f} MiB (uint8 [M, H, W]), image "
-          f"{12 * image_size[0] * image_size[1] / 2**20:.0f} MiB (float32 [H, W, 3])")
+    forms = args.targets.split(",")
+    for form in forms:
+      stages = profile_stages(source, image_size=image_size, num_targets=args.num_targets,
+                              compact=form == "compact")
+      print(f"\nsingle-process profile ({form} targets), ms per image:")
+      for name, ms in stages.items():
+        print(f"  {name:22s} {ms:7.1f}")
+      print(f"  {'total':22s} {sum(stages.values()):7.1f}  "
+            f"(= {1e3 / sum(stages.values()):.1f} images/s)")
 
-    stages = profile_stages(source, image_size=image_size, num_targets=args.num_targets)
-    print("\nsingle-process profile, ms per image:")
-    for name, ms in stages.items():
-      print(f"  {name:22s} {ms:7.1f}")
-    print(f"  {'total':22s} {sum(stages.values()):7.1f}  "
-          f"(= {1e3 / sum(stages.values()):.1f} images/s)")
-
-    print("\n| workers | images/s |\n|---:|---:|")
+    print("\n| targets | workers | images/s | images/s per core | MiB per example to the device |"
+          "\n|---|---:|---:|---:|---:|")
     rates = {}
-    for workers in (int(w) for w in args.workers.split(",")):
-      rates[workers] = images_per_second(
-          source, workers=workers, batch_size=args.batch_size, batches=args.batches,
-          image_size=image_size, num_targets=args.num_targets,
-          read_threads=args.read_threads, prefetch=args.prefetch)
-      print(f"| {workers} | {rates[workers]:.1f} |", flush=True)
+    for form in forms:
+      for workers in (int(w) for w in args.workers.split(",")):
+        rate, nbytes = images_per_second(
+            source, workers=workers, batch_size=args.batch_size, batches=args.batches,
+            image_size=image_size, num_targets=args.num_targets,
+            read_threads=args.read_threads, prefetch=args.prefetch,
+            compact=form == "compact")
+        rates[form, workers] = rate
+        cores = min(workers + 1, os.cpu_count() or 1)
+        print(f"| {form} | {workers} | {rate:.1f} | {rate / cores:.1f} | "
+              f"{nbytes / 2**20:.1f} |", flush=True)
 
-  per_worker = rates.get(0) or min(rates.values())
-  print(f"\nper worker (one core each) ~{per_worker:.1f} images/s; workers needed per "
-        "accelerator at an assumed training rate:")
+  form = forms[0]
+  per_worker = rates.get((form, 0)) or min(r for (f, _), r in rates.items() if f == form)
+  print(f"\nper worker ({form} targets, one core each) ~{per_worker:.1f} images/s; workers "
+        "needed per accelerator at an assumed training rate:")
   for rate in (float(r) for r in args.rates.split(",")):
     print(f"  {rate:5.1f} images/s per accelerator -> {math.ceil(rate / per_worker)} "
           "worker(s) (plus a core for the training process)")

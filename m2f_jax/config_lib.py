@@ -143,12 +143,15 @@ def data_config(dataset: str, *, task: str | None = None,
       batch_size=batch_size,       # global batch over all hosts
       ignore_label=255,            # semantic label of unlabeled pixels
       num_targets=100,             # M: target masks per training image (padded)
+      compact_targets=True,        # ship uint8 images + segment maps, expanded on the device
+                                   # (m2f_jax.device_batch); False: float32 images, dense masks
+      target_layers=4,             # compact instance targets: overlapping masks kept per pixel
       frame_range=20,              # video: the other clip frames lie within +-this of a reference
                                    # frame (official SAMPLING_FRAME_RANGE; video_pipeline)
       heldout_videos=0,            # YouTube-VIS: train videos held out as the "validation" split
                                    # (the release's validation ground truth is not public)
-      augmentation=spec.augmentation,  # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
       num_frames=2,                # T: frames per training clip (video; official SAMPLING_FRAME_NUM)
+      augmentation=spec.augmentation,  # "coco_lsj", "ade20k_semantic", "cityscapes", "synthetic"
       image_size=(1024, 1024),     # training size (LSJ target size; crop size otherwise)
       scale_range=(0.1, 2.0),      # LSJ scale jitter ("synthetic": None = no jitter)
       # ADE20K / Cityscapes: shortest-edge choices and cap; None: the official values

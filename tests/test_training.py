@@ -516,7 +516,9 @@ def _run_train(job: dict):
       def __next__(self):
         batch, self.count = next(self.it), self.count + 1
         if self.count == job["nan_at_step"]:
-          batch = dict(batch, images=np.full_like(batch["images"], np.nan))
+          # float32 NaN images (also for a compact batch, whose uint8 images the step
+          # converts to float32 before normalizing)
+          batch = dict(batch, images=np.full(batch["images"].shape, np.nan, np.float32))
         return batch
 
       def get_state(self) -> bytes:  # grain's checkpoint handler: bytes for other iterators

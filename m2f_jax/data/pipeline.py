@@ -89,19 +89,28 @@ def normalize_record(example: Mapping[str, Any]) -> dict[str, Any]:
 
 def train_example(record: Mapping[str, Any], *, task: str, num_targets: int,
                   pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                  ignore_label: int = 255, zero_padding: bool = True) -> dict[str, np.ndarray]:
+                  ignore_label: int = 255, zero_padding: bool = True,
+                  compact: bool = False, target_layers: int = 1) -> dict[str, np.ndarray]:
   """An augmented record -> the arrays of one training example (see `train_iterator`).
 
   `zero_padding`: set the normalized image to 0 outside "padding_mask" (else the padding
-  keeps the value the augmentation gave the uint8 image).
+  keeps the value the augmentation gave the uint8 image). `compact`: the uint8 image and
+  the segment maps of `targets.make_compact_targets` (`target_layers` layers for instances),
+  which `m2f_jax.device_batch.dense_batch` expands on the device (normalization and
+  `zero_padding` happen there).
   """
   padding_mask = record["padding_mask"]
-  images = targets_lib.normalize_image(record["image"], pixel_mean=pixel_mean,
-                                       pixel_std=pixel_std)  # [H, W, 3]
-  if zero_padding:
-    images[~padding_mask] = 0.0
-  example = targets_lib.make_targets(record, task=task, num_targets=num_targets,
-                                     ignore_label=ignore_label)
+  if compact:
+    example = targets_lib.make_compact_targets(record, task=task, num_targets=num_targets,
+                                               ignore_label=ignore_label, layers=target_layers)
+    images = np.asarray(record["image"], np.uint8)  # [H, W, 3]
+  else:
+    example = targets_lib.make_targets(record, task=task, num_targets=num_targets,
+                                       ignore_label=ignore_label)
+    images = targets_lib.normalize_image(record["image"], pixel_mean=pixel_mean,
+                                         pixel_std=pixel_std)  # [H, W, 3]
+    if zero_padding:
+      images[~padding_mask] = 0.0
   example.update(images=images, padding_mask=padding_mask,
                  image_id=np.int64(record["image_id"]))
   return example
@@ -131,7 +140,8 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
                    num_epochs: int | None = None,
                    shard_options: grain.sharding.ShardOptions | None = None,
                    worker_count: int = 0, worker_buffer_size: int = 2,
-                   read_threads: int = 0, prefetch: int = 0) -> grain.DatasetIterator:
+                   read_threads: int = 0, prefetch: int = 0, compact: bool = False,
+                   target_layers: int = 1) -> grain.DatasetIterator:
   """A checkpointable iterator over this process's training batches.
 
   Args:
@@ -163,6 +173,8 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
       (`flags.FLAGS.mark_as_parsed()`); close the iterator after use.
     read_threads, prefetch: threads and buffered batches in this process (e.g. 1 and 2 to
       prepare batches while the accelerator computes).
+    compact, target_layers: ship uint8 images and segment maps (`train_example`) instead of
+      normalized float32 images and dense masks; the train step expands them on the device.
 
   Returns:
     A grain `DatasetIterator` (resume exactly with `get_state()` / `set_state()`) of dicts:
@@ -171,6 +183,8 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
       "padding_mask": bool [B, H, W] True on image pixels
       "labels": int32 [B, M], "masks": uint8 [B, M, H, W], "valid": bool [B, M]
       "image_id": int64 [B]
+    or, with `compact`, "images" uint8 [B, H, W, 3] and "segments" uint8|uint16
+    [B, L, H, W] in place of "masks" (`m2f_jax.device_batch`).
   """
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed must be in [0, 2**32), got {seed}")
@@ -198,7 +212,8 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, task: s
   ds = ds.map(functools.partial(train_example, task=task, num_targets=num_targets,
                                 pixel_mean=tuple(pixel_mean), pixel_std=tuple(pixel_std),
                                 ignore_label=ignore_label,
-                                zero_padding=augmentation == "synthetic"))
+                                zero_padding=augmentation == "synthetic", compact=compact,
+                                target_layers=target_layers))
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=prefetch))

@@ -71,7 +71,8 @@ def train_data_iterator(config: ml_collections.ConfigDict):
       scale_range=tuple(d.scale_range) if d.scale_range else None,
       augmentation=d.augmentation, min_size_train=d.min_size_train,
       max_size_train=d.max_size_train, single_category_max_area=d.single_category_max_area,
-      worker_count=d.worker_count, read_threads=d.read_threads, prefetch=d.prefetch)
+      worker_count=d.worker_count, read_threads=d.read_threads, prefetch=d.prefetch,
+      compact=d.compact_targets, target_layers=d.target_layers)
 
 
 # ------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import ml_collections
 import optax
 
 from m2f_jax import criterion
+from m2f_jax import device_batch
 from m2f_jax.models.mask2former import build_model
 from m2f_jax.training import optimizer as optim_lib
 
@@ -102,6 +103,9 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
 
   def step(state: TrainState, batch: dict):
     rng, dropout_rng, point_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    batch = device_batch.dense_batch(  # compact batches (the default) are expanded here
+        batch, pixel_mean=config.model.pixel_mean, pixel_std=config.model.pixel_std,
+        zero_padding=config.data.augmentation == "synthetic")
     targets = {k: batch[k] for k in ("labels", "masks", "valid")}
     if video_absent_last_frame_no_object:
       targets["labels"] = official_video_labels(targets["labels"], targets["masks"],
