@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import traceback
+import warnings
 
 VERBOSE_ENV = "M2F_VERBOSE"
 EXIT_STATUS = 2  # as argparse / absl usage errors
@@ -103,6 +104,7 @@ def _silence_exit():
   threading.excepthook = lambda *_: None
   sys.unraisablehook = lambda *_: None
   logging.disable(logging.CRITICAL)
+  warnings.simplefilter("ignore")  # e.g. coroutines of the failed write never awaited
 
 
 @contextlib.contextmanager
