@@ -85,6 +85,12 @@ def model_config(backbone: ml_collections.ConfigDict, num_classes: int | None,
       enforce_input_projection=False,
       common_stride=4,
       dtype="float32",           # computation dtype: "float32" or "bfloat16"
+      # The pixel decoder's deformable attention: "gather" (bilinear sampling by gathers) or
+      # "matmul" (the same sampling as dense one-hot matmuls per level, for accelerators with
+      # slow gathers, e.g. TPU); same parameters and outputs to float rounding
+      # (m2f_jax/models/ms_deform_attn.py). "gather": measured faster on CPU
+      # (benchmarks/deform_attn.py); GPU and TPU not measured yet.
+      deform_attn_impl="gather",
       pixel_mean=IMAGENET_MEAN,  # the normalization the checkpoint expects (RGB, 0..255)
       pixel_std=IMAGENET_STD,
       # Video instance segmentation (mask2former_video): clips [B, T, H, W, 3] in, one class

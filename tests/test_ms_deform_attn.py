@@ -4,6 +4,7 @@ Checked against a direct per-point loop (no torch needed), transformers'
 `multi_scale_deformable_attention` and its deformable attention module, values and gradients.
 """
 
+import functools
 import math
 
 import jax
@@ -14,7 +15,10 @@ import pytest
 from m2f_jax.convert.core import abstract_variables
 from m2f_jax.convert.core import state_dict_to_variables
 from m2f_jax.models.ms_deform_attn import MSDeformAttn
+from m2f_jax.models.ms_deform_attn import IMPLS
+from m2f_jax.models.ms_deform_attn import MATMUL_CHUNK_ENTRIES
 from m2f_jax.models.ms_deform_attn import multi_scale_deformable_attention
+from m2f_jax.models.ms_deform_attn import multi_scale_deformable_attention_matmul
 from tests import reference
 
 SHAPES = ((3, 5), (2, 3), (1, 2))  # (H_l, W_l), non-square, one level a single row
@@ -137,3 +141,55 @@ def test_module_matches_transformers():
                                       source="transformers deformable attention")
   got = np.asarray(model.apply(variables, *args))
   np.testing.assert_allclose(got, reference.to_numpy(want), atol=1e-5)
+
+
+# ------------------------------------------------------------- "matmul" formulation (parity)
+
+
+def _values_and_grads(fn, value, locations, weights, cotangent):
+  def loss(v, loc, w):
+    return jnp.sum(fn(v, SHAPES, loc, w) * cotangent)
+
+  out = jax.jit(fn, static_argnums=1)(value, SHAPES, locations, weights)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(value, locations, weights)
+  return np.asarray(out), [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("chunk_entries", [MATMUL_CHUNK_ENTRIES, 240])
+def test_matmul_formulation_matches_gather_values_and_gradients(chunk_entries):
+  """Same outputs and gradients (value, sampling locations, attention weights) as "gather",
+  in one query chunk and in chunks of 2 queries (240 entries / (B*N*max(H*W)*P = 120); 5
+  queries: the last chunk padded), points outside the maps and on their borders included."""
+  value, locations, weights = _msda_inputs(7)
+  cotangent = np.random.default_rng(8).normal(size=(2, 5, 6)).astype(np.float32)
+  matmul = functools.partial(multi_scale_deformable_attention_matmul,
+                             chunk_entries=chunk_entries)
+  want, want_grads = _values_and_grads(multi_scale_deformable_attention, value, locations,
+                                       weights, cotangent)
+  got, got_grads = _values_and_grads(matmul, value, locations, weights, cotangent)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(got, _direct_msda(value, SHAPES, locations, weights), atol=1e-5)
+  for name, g, w in zip(("value", "sampling_locations", "attention_weights"), got_grads,
+                        want_grads):
+    np.testing.assert_allclose(g, w, atol=1e-4, err_msg=name)
+
+
+def test_module_impls_agree_and_bad_impl_is_named():
+  """MSDeformAttn(impl="matmul") has the parameters of "gather" and its outputs (float32 and
+  bfloat16 to bfloat16 rounding)."""
+  rng = np.random.default_rng(9)
+  seq_len = sum(h * w for h, w in SHAPES)
+  hidden = jnp.asarray(rng.normal(size=(2, seq_len, 16)).astype(np.float32))
+  ref_points = jnp.asarray(rng.uniform(0, 1, size=(2, seq_len, len(SHAPES), 2)), jnp.float32)
+  args = (hidden, ref_points, hidden, SHAPES)
+  kwargs = dict(embed_dim=16, num_heads=4, num_levels=len(SHAPES), num_points=2)
+  variables = MSDeformAttn(**kwargs).init(jax.random.PRNGKey(0), *args)
+  # Non-zero offset and weight kernels, so points spread and weights differ.
+  variables = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape),
+                           variables)
+  for dtype, atol in ((jnp.float32, 1e-5), (jnp.bfloat16, 0.05)):
+    outs = {impl: np.asarray(MSDeformAttn(**kwargs, dtype=dtype, impl=impl).apply(
+        variables, *args).astype(jnp.float32)) for impl in IMPLS}
+    np.testing.assert_allclose(outs["matmul"], outs["gather"], atol=atol, err_msg=str(dtype))
+  with pytest.raises(ValueError, match="deform_attn_impl"):
+    MSDeformAttn(**kwargs, impl="scatter").apply(variables, *args)

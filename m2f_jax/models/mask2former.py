@@ -6,17 +6,19 @@ decoder), `transformer_module` (queries, masked-attention decoder, mask head) an
 `class_predictor`, so its checkpoints convert by name (`m2f_jax.convert`).
 """
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from m2f_jax.models.backbones.resnet import ResNet
 from m2f_jax.models.backbones.swin import Swin
 from m2f_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
 from m2f_jax.models.transformer_decoder import TransformerModule
+
+if TYPE_CHECKING:  # configs are ml_collections.ConfigDicts; any object with attributes
+  import ml_collections  # and .get() works (GPU benchmarks run without ml_collections)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -69,7 +71,7 @@ class Mask2Former(nn.Module):
     }
 
 
-def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
+def build_backbone(cfg: "ml_collections.ConfigDict", dtype) -> nn.Module:
   """The backbone module (returns res2..res5)."""
   if cfg.name == "resnet":
     return ResNet(depths=tuple(cfg.depths), hidden_sizes=tuple(cfg.hidden_sizes),
@@ -86,7 +88,7 @@ def build_backbone(cfg: ml_collections.ConfigDict, dtype) -> nn.Module:
   raise ValueError(f"model.backbone.name must be 'resnet' or 'swin', got {cfg.name!r}")
 
 
-def build_model(cfg: ml_collections.ConfigDict) -> nn.Module:
+def build_model(cfg: "ml_collections.ConfigDict") -> nn.Module:
   """Mask2Former from the `model` section of a config (see `m2f_jax.config_lib`).
 
   `model.video` selects the video model (`m2f_jax.models.video.VideoMask2Former`, clips
@@ -100,7 +102,8 @@ def build_model(cfg: ml_collections.ConfigDict) -> nn.Module:
       feature_size=cfg.feature_size, mask_feature_size=cfg.mask_feature_size,
       num_encoder_layers=cfg.encoder_layers,
       encoder_feedforward_dim=cfg.encoder_feedforward_dim, num_heads=cfg.encoder_num_heads,
-      num_points=cfg.encoder_num_points, common_stride=cfg.common_stride, dtype=dtype)
+      num_points=cfg.encoder_num_points, common_stride=cfg.common_stride, dtype=dtype,
+      deform_attn_impl=cfg.get("deform_attn_impl", "gather"))
   transformer = TransformerModule(
       num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
       dim_feedforward=cfg.dim_feedforward, num_layers=cfg.decoder_layers - 1,

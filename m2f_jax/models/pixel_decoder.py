@@ -70,12 +70,13 @@ class MSDeformAttnEncoderLayer(nn.Module):
   num_points: int = 4
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  deform_attn_impl: str = "gather"  # MSDeformAttn.impl
 
   @nn.compact
   def __call__(self, hidden, pos, reference_points, spatial_shapes, *, train=False):
     """hidden `[B, S, C]`, pos `[B or 1, S, C]`, reference_points `[B or 1, S, L, 2]`."""
     attn = MSDeformAttn(self.embed_dim, self.num_heads, self.num_levels, self.num_points,
-                        dtype=self.dtype, name="self_attn")
+                        dtype=self.dtype, impl=self.deform_attn_impl, name="self_attn")
     out = attn(hidden + pos, reference_points, hidden, spatial_shapes)
     out = nn.Dropout(self.dropout, deterministic=not train)(out)
     hidden = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, use_fast_variance=False,
@@ -104,6 +105,7 @@ class MSDeformAttnEncoder(nn.Module):
   num_points: int = 4
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  deform_attn_impl: str = "gather"  # MSDeformAttn.impl
 
   @nn.compact
   def __call__(self, hidden, pos, spatial_shapes: SpatialShapes, *, train=False):
@@ -112,7 +114,8 @@ class MSDeformAttnEncoder(nn.Module):
     for i in range(self.num_layers):
       hidden = MSDeformAttnEncoderLayer(
           self.embed_dim, self.feedforward_dim, self.num_heads, len(spatial_shapes),
-          self.num_points, self.dropout, dtype=self.dtype, name=f"layers_{i}")(
+          self.num_points, self.dropout, dtype=self.dtype,
+          deform_attn_impl=self.deform_attn_impl, name=f"layers_{i}")(
               hidden, pos, reference_points, spatial_shapes, train=train)
     return hidden
 
@@ -134,6 +137,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     dropout: dropout rate of the encoder (0.0 in the official configs); active when `train`.
     dtype: computation dtype; GroupNorm/LayerNorm statistics, softmax and sampling
       coordinates stay float32.
+    deform_attn_impl: "gather" or "matmul", the encoder's deformable-attention formulation
+      (`m2f_jax.models.ms_deform_attn`; `model.deform_attn_impl`).
   """
   feature_size: int = 256
   mask_feature_size: int = 256
@@ -144,6 +149,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
   common_stride: int = 4
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  deform_attn_impl: str = "gather"
 
   def _group_norm(self, name):
     return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, use_fast_variance=False,
@@ -193,7 +199,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     hidden = MSDeformAttnEncoder(
         c, self.encoder_feedforward_dim, self.num_encoder_layers, self.num_heads,
-        self.num_points, self.dropout, dtype=self.dtype, name="encoder")(
+        self.num_points, self.dropout, dtype=self.dtype,
+        deform_attn_impl=self.deform_attn_impl, name="encoder")(
             hidden, pos, spatial_shapes, train=train)
 
     outputs = []
