@@ -32,6 +32,7 @@ transformers); runs on whatever device jax and torch pick (torch uses CUDA when 
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -132,12 +133,26 @@ def pad_targets(masks: np.ndarray, labels: np.ndarray, num_targets: int):
 
 
 def build_jax_step(ref, images, masks, labels, valid, dtype: str, num_points: int):
-  from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
   from m2f_jax.convert import hf  # pylint: disable=g-import-not-at-top
+  from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
+  model_cfg = hf.hf_config_to_model_config(ref.config.to_dict())
+  state_dict = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
+  variables = hf.hf_variables(build_model(model_cfg), state_dict, source="reference")
+  step, compile_s, _ = compile_jax_step(model_cfg, variables, images, masks, labels, valid,
+                                        dtype, num_points)
+  return step, compile_s
+
+
+def compile_jax_step(model_cfg, variables, images, masks, labels, valid, dtype: str,
+                     num_points: int):
+  """`(step, compile_s, compiled)`: `step()` runs one step of the official COCO recipe
+  (`make_train_step`) for `model_cfg` (our `model` config section) from `variables` and
+  returns the loss; `compiled` is the compiled step (for its cost and memory analyses)."""
+  from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
   from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import train_step  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import optimizer as optim_lib  # pylint: disable=g-import-not-at-top
-  model_cfg = hf.hf_config_to_model_config(ref.config.to_dict())
+  model_cfg = copy.deepcopy(model_cfg)  # the dtype is set below
   model_cfg.dtype = dtype
   config = config_lib.base_config(model=model_cfg, dataset="synthetic", task="panoptic",
                                   max_steps=368750, decay_steps=(327778, 355092),
@@ -145,12 +160,10 @@ def build_jax_step(ref, images, masks, labels, valid, dtype: str, num_points: in
   config.loss.train_num_points = num_points
   config.data.num_targets = labels.shape[1]
   model = build_model(config.model)
-  state_dict = {k: v.detach().cpu() for k, v in ref.state_dict().items()}
-  variables = hf.hf_variables(model, state_dict, source="reference")
   tx = optim_lib.make_optimizer(config.optim, variables["params"])
   state = jax.device_put(train_step.TrainState(
       step=jnp.zeros((), jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
       rng=jax.random.PRNGKey(0)))
   batch = jax.device_put({"images": images, "masks": masks, "labels": labels,
                           "valid": valid})
@@ -164,7 +177,7 @@ def build_jax_step(ref, images, masks, labels, valid, dtype: str, num_points: in
     state, metrics = compiled(state, batch)
     return float(metrics["total_loss"])  # waits for the step
 
-  return step, compile_s
+  return step, compile_s, compiled
 
 
 def main():
