@@ -28,7 +28,7 @@ from m2f_jax import errors
 from m2f_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TIMEOUT_S = 420
+TIMEOUT_S = 900  # a loaded 2-core machine: train.py runs take minutes
 STEPS = 6
 FLAGS = ("--config.model.encoder_layers=1", "--config.model.decoder_layers=2",
          "--config.data.image_size=(64, 64)", "--config.data.num_train=64",
