@@ -227,6 +227,7 @@ def initialize_from(path: str, state: TrainState, backbone: str) -> TrainState:
     except FileNotFoundError as e:
       raise CheckpointError(f"init_from={path}: {e}") from None
     loaded = {"batch_stats": {}, **loaded}  # models without batch_stats save none
+    loaded = _keep_class_head_if_resized(path, loaded, variables)  # e.g. COCO -> YouTube-VIS
     shapes = jax.tree.map(np.shape, variables)
     if jax.tree.map(np.shape, dict(loaded)) != shapes:
       raise CheckpointError(f"init_from={path}: its variables do not match this config's "
