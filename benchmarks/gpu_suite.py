@@ -10,31 +10,37 @@ model's random weights imported with `m2f_jax.convert.hf`, as benchmarks/forward
   eval        JAX only: the compiled forward + `m2f_jax.inference.postprocess` (semantic,
               panoptic and instance results, object threshold 0 so that every image gets
               segments, as benchmarks/eval.py) on random images, batch 8, 1024x1024;
-  train step  R50, batch 4, 1024x1024, bfloat16 and float32: forward, the full loss (12544
-              points, 10 real targets per image, JAX padded to the configured 100 slots as
-              train.py), backward, gradient clipping and AdamW (benchmarks/train_step.py's
-              builders: `make_train_step` with the official COCO optimizer, and
-              Mask2FormerLoss + AdamW with the official parameter groups);
+  train step  R50, batch 4, 1024x1024, bfloat16 (`--train-dtypes bfloat16,float32`: also
+              float32): forward, the full loss (12544 points, 10 real targets per image, JAX
+              padded to the configured 100 slots as train.py), backward, gradient clipping
+              and AdamW (benchmarks/train_step.py's builders: `make_train_step` with the
+              official COCO optimizer; Mask2FormerLoss + AdamW with the official parameter
+              groups);
   matching    `m2f_jax.matching.linear_sum_assignment` on the device (jit, B=16, 100x100
               uniform costs) against scipy looped on the host (benchmarks/matching.py); the
               images/s column counts matrices/s there; `check`: totals equal scipy's.
 
-Times are medians of `--runs` calls after one warm-up, the two frameworks alternating with
-`--pause` s between calls, each call waited for (`block_until_ready`, host results, or
-`torch.cuda.synchronize`). `compile s`: JAX's `lower(...).compile()` (eval: the first call,
-post-processing compilations included). `speed-up`: PyTorch time / JAX time (> 1: JAX is
-faster; matching: scipy / JAX). MFU: the compiled JAX program's flops (XLA's
-`cost_analysis()`) / median time / the GPU's dense peak for the row's dtype (H100/H200:
-bfloat16 989 TFLOP/s, float32 67 TFLOP/s; `--peak-tflops` for other devices); PyTorch rows are
-given the same flop count. The header names the peak used, TF32 settings and versions.
+Times are medians of `--runs` calls (train step and eval: `--slow-runs`) after one warm-up,
+the two frameworks alternating with `--pause` s between calls, each call waited for
+(`block_until_ready`, host results, or `torch.cuda.synchronize`). `compile s`: JAX's
+`lower(...).compile()` (eval: the first call, post-processing compilations included).
+`speed-up`: PyTorch time / JAX time (> 1: JAX is faster; matching: scipy / JAX). `GFLOP`: the
+compiled JAX program's flops per call (XLA's `cost_analysis()`); MFU: those flops / median
+time / the GPU's dense peak for the row's dtype (H100 SXM/H200: bfloat16 989 TFLOP/s, float32
+67 TFLOP/s; H100 PCIe 756 / 51; `--peak-tflops` for other devices); PyTorch rows are given the
+same flop count. float32 rows run each framework's default precision: XLA may use TF32 for
+float32 dots and convolutions on H100 (MFU can then pass 100% of the float32 peak), PyTorch
+uses TF32 for cuDNN convolutions only (torch.backends flags, in the header with the peak used
+and the versions); `check` shows the resulting logit difference.
 
 Needs only what the GPU machines have: jax (CUDA), flax, optax, numpy, scipy, and torch +
 transformers for the PyTorch rows (skipped, with a message, when they are missing). It imports
 neither grain, tensorflow-datasets nor array_record, and runs without ml_collections
 (benchmarks/_common.py's stand-in). JAX memory is allocated on demand
 (XLA_PYTHON_CLIENT_PREALLOCATE=false unless set), so that PyTorch has room on the same GPU.
-`--budget-s` (default 450) skips the sections that would start after it, so the whole run
-fits in 8 minutes; skipped sections are named in the table.
+`--budget-s` (default 420) skips the sections (and dtypes) that would start after it, so the
+whole run fits in about 8 minutes; skipped ones are named under the table (run them with
+`--sections`).
 
   python benchmarks/gpu_suite.py --out /tmp/gpu_suite.md    # the GPU suite, ~8 min
   python benchmarks/gpu_suite.py --smoke                    # the same code, tiny, CPU, ~1 min
@@ -67,13 +73,15 @@ _spec.loader.exec_module(_common)
 
 CONFIG_DICT = _common.ensure_config_dict()
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
 
-from m2f_jax import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
-from m2f_jax import matching as matching_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from m2f_jax.convert import hf  # pylint: disable=g-import-not-at-top,wrong-import-position
-from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from m2f_jax import inference
+from m2f_jax import matching as matching_lib
+from m2f_jax.convert import hf
+from m2f_jax.models.mask2former import build_model
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 forward_bench = _common.load_benchmark("forward")
 train_bench = _common.load_benchmark("train_step")
@@ -107,9 +115,12 @@ SMOKE_MODELS = {  # configs/tiny.py's widths; 1 encoder and 2 decoder layers (co
 }
 LOSS = dict(oversample_ratio=3.0, importance_sample_ratio=0.75, class_weight=2.0,
             mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1, use_auxiliary_loss=True)
-PEAK_TFLOPS = {"bfloat16": 989.0, "float32": 67.0}  # H100 / H200 SXM, dense
+# Dense peaks (TFLOP/s) by a word of jax's device_kind, first match: NVIDIA's data sheets.
+PEAK_TFLOPS = (("H100 PCIe", {"bfloat16": 756.0, "float32": 51.0}),
+               ("H100", {"bfloat16": 989.0, "float32": 67.0}),
+               ("H200", {"bfloat16": 989.0, "float32": 67.0}))
 COLUMNS = ("what", "framework", "dtype", "batch", "size", "median ms", "images/s", "compile s",
-           "speed-up", "MFU", "check")
+           "speed-up", "GFLOP", "MFU", "check")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,11 +134,11 @@ def hf_dict(spec: dict) -> dict:
 def torch_model(spec: dict, device, **extra):
   """transformers' Mask2FormerForUniversalSegmentation for `spec`, built on `device`."""
   import torch  # pylint: disable=g-import-not-at-top
-  from transformers import Mask2FormerConfig  # pylint: disable=g-import-not-at-top
-  from transformers import Mask2FormerForUniversalSegmentation  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
+  config = transformers.Mask2FormerConfig(**spec, **extra)
   with torch.device(device):
-    return Mask2FormerForUniversalSegmentation(Mask2FormerConfig(**spec, **extra)).eval()
+    return transformers.Mask2FormerForUniversalSegmentation(config).eval()
 
 
 def jax_variables(spec: dict, ref, size: int):
@@ -195,13 +206,14 @@ class Suite:
       self.notes.append(msg)
     dev = jax.devices()[0]
     self.device_kind = dev.device_kind
-    known = any(k in dev.device_kind for k in ("H100", "H200"))
+    known = next(((k, p) for k, p in PEAK_TFLOPS if k in dev.device_kind), None)
     if args.peak_tflops:
       self.peaks = {"bfloat16": args.peak_tflops[0], "float32": args.peak_tflops[-1]}
       peak_note = f"given --peak-tflops {args.peak_tflops}"
     elif known:
-      self.peaks = dict(PEAK_TFLOPS)
-      peak_note = "H100/H200 dense: bfloat16 989, float32 67 TFLOP/s"
+      self.peaks = dict(known[1])
+      peak_note = (f"{known[0]} dense: bfloat16 {known[1]['bfloat16']:g}, float32 "
+                   f"{known[1]['float32']:g} TFLOP/s")
     else:
       self.peaks = {}
       peak_note = f"none known for {dev.device_kind!r}: MFU not given (--peak-tflops)"
@@ -217,9 +229,11 @@ class Suite:
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}), default matmul precision "
         f"{jax.config.jax_default_matmul_precision or 'default'}; {torch_line}",
-        f"medians of {args.runs} alternating runs after 1 warm-up, {args.pause:g} s apart; "
-        f"MFU peak: {peak_note}; PyTorch MFU uses the JAX program's flops; config: "
-        f"{CONFIG_DICT}",
+        f"medians of {args.runs} alternating runs (train step, eval: {args.slow_runs}) after 1 "
+        f"warm-up, {args.pause:g} s apart; "
+        f"MFU peak: {peak_note}; PyTorch MFU uses the JAX program's flops; "
+        f"XLA_PYTHON_CLIENT_PREALLOCATE={os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE')}; "
+        f"configs: {CONFIG_DICT}",
     ]
     print("\n".join(self.header), flush=True)
 
@@ -235,6 +249,10 @@ class Suite:
     print(msg, flush=True)
     self.notes.append(msg)
     return False
+
+  @staticmethod
+  def gflop(flops) -> str:
+    return f"{flops / 1e9:.1f}" if flops else "-"
 
   def mfu(self, flops, seconds, dtype) -> str:
     peak = self.peaks.get(dtype)
@@ -313,14 +331,15 @@ class Suite:
         self.add(what=f"forward {name}", framework="jax", **common,
                  **{"median ms": f"{1e3 * m_jax:.1f}", "images/s": f"{batch / m_jax:.1f}",
                     "compile s": f"{compile_s:.1f}", "speed-up": f"{m_torch / m_jax:.2f}x",
-                    "MFU": self.mfu(flops, m_jax, dtype),
+                    "GFLOP": self.gflop(flops), "MFU": self.mfu(flops, m_jax, dtype),
                     "check": f"max abs logit diff {diff:.1e}"})
       else:
         (t_jax,) = _common.alternate(run_jax, runs=self.args.runs, pause=self.args.pause)
         m_jax = _common.median(t_jax)
         self.add(what=f"forward {name}", framework="jax", **common,
                  **{"median ms": f"{1e3 * m_jax:.1f}", "images/s": f"{batch / m_jax:.1f}",
-                    "compile s": f"{compile_s:.1f}", "MFU": self.mfu(flops, m_jax, dtype)})
+                    "compile s": f"{compile_s:.1f}", "GFLOP": self.gflop(flops),
+                    "MFU": self.mfu(flops, m_jax, dtype)})
       del out_jax
       if with_eval and self.within_budget(f"eval {name} {dtype}"):
         self.evaluation(name, compiled, variables, x_jax, int(spec["num_labels"]), **common)
@@ -346,7 +365,7 @@ class Suite:
     results = run_eval()
     first_s = time.perf_counter() - t0
     segments = sum(len(r["panoptic_seg"][1]) for r in results)
-    (times,) = _common.alternate(run_eval, runs=self.args.runs, pause=self.args.pause)
+    (times,) = _common.alternate(run_eval, runs=self.args.slow_runs, pause=self.args.pause)
     m = _common.median(times)
     self.add(what=f"eval {name} (forward + postprocess)", framework="jax", dtype=dtype,
              batch=batch, size=size,
@@ -376,7 +395,7 @@ class Suite:
       if torch is not None:
         torch_step = train_bench.build_torch_step(ref, images, masks, labels, dtype, self.device)
         loss_torch = torch_step()  # warm-up
-        t_torch, t_jax = _common.alternate(torch_step, jax_step, runs=self.args.runs,
+        t_torch, t_jax = _common.alternate(torch_step, jax_step, runs=self.args.slow_runs,
                                                  pause=self.args.pause)
         m_torch, m_jax = _common.median(t_torch), _common.median(t_jax)
         self.add(what=what, framework="pytorch", dtype=dtype, **common,
@@ -385,13 +404,14 @@ class Suite:
                     "check": f"first loss {loss_torch:.1f}"})
         del torch_step
       else:
-        (t_jax,) = _common.alternate(jax_step, runs=self.args.runs, pause=self.args.pause)
+        (t_jax,) = _common.alternate(jax_step, runs=self.args.slow_runs, pause=self.args.pause)
         m_torch = m_jax = _common.median(t_jax)
       self.add(what=what, framework="jax", dtype=dtype, **common,
                **{"median ms": f"{1e3 * m_jax:.1f}", "images/s": f"{batch / m_jax:.2f}",
                   "compile s": f"{compile_s:.1f}",
                   "speed-up": f"{m_torch / m_jax:.2f}x" if torch is not None else "-",
-                  "MFU": self.mfu(flops, m_jax, dtype), "check": f"first loss {loss_jax:.1f}"})
+                  "GFLOP": self.gflop(flops), "MFU": self.mfu(flops, m_jax, dtype),
+                  "check": f"first loss {loss_jax:.1f}"})
       del jax_step, compiled
       self.free()
     del ref, variables
@@ -425,28 +445,32 @@ def parse_args(argv=None):
                       help="the same code at tiny sizes on the CPU (tests; ~1 min)")
   parser.add_argument("--out", default="", help="also write the table to this markdown file "
                       "(rewritten after every row)")
-  parser.add_argument("--runs", type=int, default=None, help="timed runs (default 10; smoke 2)")
+  parser.add_argument("--runs", type=int, default=None,
+                      help="timed runs of the forward and matching (default 10; smoke 2)")
+  parser.add_argument("--slow-runs", type=int, default=None,
+                      help="timed runs of the train step and eval (default 5; smoke 2)")
   parser.add_argument("--pause", type=float, default=None,
                       help="seconds before each timed call (default 0.2; smoke 0)")
   parser.add_argument("--budget-s", type=float, default=None,
                       help="sections that would start after this many seconds are skipped "
-                      "(default 450; smoke: none)")
+                      "(default 420; smoke: none)")
   parser.add_argument("--sections", default="matching,forward_r50,train,forward_swin",
                       help="comma-separated, in this order: matching, forward_r50 (with "
                       "eval), train, forward_swin")
   parser.add_argument("--dtypes", default="float32,bfloat16", help="forward dtypes")
   parser.add_argument("--train-dtypes", default=None,
-                      help="train step dtypes (default bfloat16,float32; smoke float32)")
+                      help="train step dtypes (default bfloat16; smoke float32)")
   parser.add_argument("--peak-tflops", type=float, nargs="+", default=None,
                       help="the device's dense peak TFLOP/s: BF16 [FP32] (default: known for "
                       "H100/H200)")
   args = parser.parse_args(argv)
   if args.budget_s is None:
-    args.budget_s = float("inf") if args.smoke else 450.0
+    args.budget_s = float("inf") if args.smoke else 420.0
   args.runs = args.runs or (2 if args.smoke else 10)
+  args.slow_runs = args.slow_runs or (2 if args.smoke else 5)
   args.pause = args.pause if args.pause is not None else (0.0 if args.smoke else 0.2)
   args.dtypes = args.dtypes.split(",")
-  args.train_dtypes = (args.train_dtypes or ("float32" if args.smoke else "bfloat16,float32")
+  args.train_dtypes = (args.train_dtypes or ("float32" if args.smoke else "bfloat16")
                        ).split(",")
   args.sections = args.sections.split(",")
   return args
