@@ -264,8 +264,9 @@ def test_stated_num_classes_that_disagrees_stops_before_step_one(tmp_path):
   run = _finish(_start("train.py", "--config=configs/custom.py:tiny", f"--workdir={workdir}",
                        "--config.model.num_classes=5", *FAST_FLAGS,
                        *_data_flags(flags, tmp_path / "tfds")))
-  assert run.returncode != 0
-  assert "3 categories" in run.stderr and "model.num_classes=5" in run.stderr
+  assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+  error = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+  assert len(error) == 1 and error[0] == f"error: {message}", run.stderr[-3000:]
   assert "step 1/" not in run.stdout and not (workdir / "checkpoints").exists()
 
 
