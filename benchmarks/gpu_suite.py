@@ -43,7 +43,7 @@ whole run fits in about 8 minutes; skipped ones are named under the table (run t
 `--sections`).
 
   python benchmarks/gpu_suite.py --out /tmp/gpu_suite.md    # the GPU suite, ~8 min
-  python benchmarks/gpu_suite.py --smoke                    # the same code, tiny, CPU, ~1 min
+  python benchmarks/gpu_suite.py --smoke                    # the same code, tiny, on the CPU
 
 `--smoke`: a tiny ResNet and Swin (configs/tiny.py's widths, 1 encoder and 2 decoder layers),
 64x64, batch 2, train step (float32) batch 2 with 3 targets padded to 8 and 256 points,
@@ -228,7 +228,7 @@ class Suite:
         f"benchmarks/gpu_suite.py{' --smoke' if args.smoke else ''}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}), default matmul precision "
-        f"{jax.config.jax_default_matmul_precision or 'default'}; {torch_line}",
+        f"{getattr(jax.config, 'jax_default_matmul_precision', None) or 'default'}; {torch_line}",
         f"medians of {args.runs} alternating runs (train step, eval: {args.slow_runs}) after 1 "
         f"warm-up, {args.pause:g} s apart; "
         f"MFU peak: {peak_note}; PyTorch MFU uses the JAX program's flops; "
@@ -442,7 +442,7 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--smoke", action="store_true",
-                      help="the same code at tiny sizes on the CPU (tests; ~1 min)")
+                      help="the same code at tiny sizes on the CPU (tests; 1-5 min)")
   parser.add_argument("--out", default="", help="also write the table to this markdown file "
                       "(rewritten after every row)")
   parser.add_argument("--runs", type=int, default=None,
@@ -450,7 +450,7 @@ def parse_args(argv=None):
   parser.add_argument("--slow-runs", type=int, default=None,
                       help="timed runs of the train step and eval (default 5; smoke 2)")
   parser.add_argument("--pause", type=float, default=None,
-                      help="seconds before each timed call (default 0.2; smoke 0)")
+                      help="seconds before each timed call (default 0.2)")
   parser.add_argument("--budget-s", type=float, default=None,
                       help="sections that would start after this many seconds are skipped "
                       "(default 420; smoke: none)")
@@ -468,7 +468,7 @@ def parse_args(argv=None):
     args.budget_s = float("inf") if args.smoke else 420.0
   args.runs = args.runs or (2 if args.smoke else 10)
   args.slow_runs = args.slow_runs or (2 if args.smoke else 5)
-  args.pause = args.pause if args.pause is not None else (0.0 if args.smoke else 0.2)
+  args.pause = 0.2 if args.pause is None else args.pause
   args.dtypes = args.dtypes.split(",")
   args.train_dtypes = (args.train_dtypes or ("float32" if args.smoke else "bfloat16")
                        ).split(",")
