@@ -59,6 +59,13 @@ def _spatial_conv_fwd(x, kernel, stride, padding):
   return _xla_conv(x, kernel, stride, padding), (x, kernel)
 
 
+def _f32(x: jax.Array) -> jax.Array:
+  """Kernel gradients on CPU are float32 matmuls: XLA:CPU has no bfloat16 x bfloat16 ->
+  float32 dot for some layouts ("Unsupported element type for DotThunk::Execute", jax 0.10.2:
+  the bfloat16 train step failed on the 1x1 kernel gradient with C_in > C_out)."""
+  return x.astype(jnp.float32)
+
+
 def _spatial_conv_bwd(stride, padding, residuals, grad):
   x, kernel = residuals
   _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride, padding), x)
@@ -68,8 +75,8 @@ def _spatial_conv_bwd(stride, padding, residuals, grad):
   taps = _tap_inputs(x, kernel.shape, stride, padding, grad.shape[1:3])
   # [C_out, C_in] per tap: XLA:CPU then transposes the output gradient once for all taps
   # instead of each input slice.
-  dk = jnp.stack([jnp.einsum("BHWD,BHWC->DC", grad, tap, preferred_element_type=jnp.float32)
-                  for tap in taps])  # [kh * kw, C_out, C_in]
+  dk = jnp.stack([jnp.einsum("BHWD,BHWC->DC", _f32(grad), _f32(tap)) for tap in taps])
+  # [kh * kw, C_out, C_in]
   return dx, dk.transpose(0, 2, 1).reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -94,9 +101,9 @@ def _pointwise_bwd(residuals, grad):
   c_in, c_out = kernel.shape[2:]
   dx = jnp.einsum("BHWD,CD->BHWC", grad, kernel[0, 0])
   if c_in <= c_out:
-    dk = jnp.einsum("BHWC,BHWD->CD", x, grad, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("BHWC,BHWD->CD", _f32(x), _f32(grad))
   else:
-    dk = jnp.einsum("BHWD,BHWC->DC", grad, x, preferred_element_type=jnp.float32).T
+    dk = jnp.einsum("BHWD,BHWC->DC", _f32(grad), _f32(x)).T
   return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
