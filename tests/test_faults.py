@@ -493,7 +493,7 @@ def test_init_from_another_architecture_is_one_line(reference, tmp_path, cache_d
                        f"--config.init_from={reference / 'checkpoints' / str(STEPS)}",
                        cache_dir=cache_dir), returncode=None)
   _assert_error_lines(run, r"init_from=.*: its variables do not match this config's model")
-  assert not (tmp_path / "w" / "checkpoints").exists()
+  assert not (tmp_path / "w" / "config.json").exists() and not _steps(tmp_path / "w")
 
 
 def _tmpfs(path, size: str) -> bool:

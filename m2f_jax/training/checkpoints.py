@@ -13,10 +13,12 @@ never deleted. A step that cannot be written stops the run with one line naming 
 stays valid (`CheckpointError`).
 """
 
+import errno
 import json
 import os
 import re
 import shutil
+import tempfile
 
 from absl import logging
 import jax
@@ -49,7 +51,9 @@ def _write_error(manager, step, err: BaseException) -> CheckpointError:
   kept = manager.latest_step()
   kept = f"step {kept} stays valid" if kept is not None else "no earlier checkpoint exists"
   reason = (err.strerror if isinstance(err, OSError) and err.strerror else
-            (_WRITE_ERRORS.search(str(err)) or [_first_line(err)])[0])
+            (_WRITE_ERRORS.search(str(err)) or [None])[0])
+  if reason is None:  # e.g. a timeout waiting for a background thread that failed: why?
+    reason = _probe_write(manager.directory) or _first_line(err)
   return CheckpointError(
       f"could not write checkpoint step {step} in {manager.directory} ({reason}); {kept}. "
       "Free space or make the directory writable, then run the same command to resume")
@@ -65,6 +69,10 @@ def save_checkpoint(manager, state: TrainState, data_iter, *, force: bool = Fals
   step = int(jax.device_get(state.step))
   previous = getattr(manager, "m2f_saving", step)
   manager.m2f_saving = step
+  if jax.process_index() == 0:  # a read-only directory fails Orbax only after a long timeout
+    unwritable = _probe_write(manager.directory)
+    if unwritable:
+      raise _write_error(manager, step, OSError(errno.EROFS, unwritable))
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
@@ -85,6 +93,16 @@ def wait_until_finished(manager):
     if _os_error(e) is None:
       raise
     raise _write_error(manager, getattr(manager, "m2f_saving", "?"), _os_error(e)) from e
+
+
+def _probe_write(directory) -> str | None:
+  """Why `directory` cannot be written (a read-only mount, permissions), or None."""
+  try:
+    with tempfile.TemporaryDirectory(prefix=".m2f_probe-", dir=directory):
+      pass
+  except OSError as e:
+    return e.strerror or str(e)
+  return None
 
 
 _WRITE_ERRORS = re.compile(r"No space left on device|Read-only file system|Permission denied|"
