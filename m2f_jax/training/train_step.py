@@ -10,6 +10,14 @@ T axis: "images" float32 [B, T, H, W, 3] (normalized as images), "labels" int32 
 "masks" uint8 [B, M, T, H, W] (0 in the frames where an instance is absent), "valid" bool
 [B, M]; the same step runs, with the video matcher and criterion (`m2f_jax.criterion` takes
 clips as they come).
+
+Mixed precision (`model.dtype="bfloat16"`): parameters, gradients and optimizer state stay
+float32 (master weights); the modules cast them to bfloat16 for their matmuls and
+convolutions, and keep normalization statistics, softmaxes and sampling coordinates in
+float32; predictions come back float32, and matching and losses run in float32
+(tests/test_mixed_precision.py: a tiny run learns as in float32). `train.remat` recomputes
+the forward activations in the backward pass (matmul outputs kept): the same loss, but as
+measured no less memory (benchmarks/memory.py; tests/test_mixed_precision.py).
 """
 
 import math
@@ -114,6 +122,9 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
 
     def loss_fn(params):
       outputs = forward(params, state.batch_stats, batch["images"], dropout_rng)
+      # Matching and losses in float32 whatever model.dtype (the models already return
+      # float32 predictions; this keeps it so for any model): bf16 computes the network only.
+      outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
       losses = criterion.set_criterion(outputs=outputs, targets=targets, key=point_rng,
                                        num_masks=num_masks, **kwargs)
       return losses["total_loss"], losses
