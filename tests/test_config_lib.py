@@ -16,6 +16,7 @@ VARIANTS = {
     "tiny": [""], "coco_panoptic": ["r50", "swin_l"], "coco_instance": ["r50"],
     "ade20k_semantic": ["r50", "swin_l"], "cityscapes_semantic": ["r50"],
     "cityscapes_panoptic": ["r50"], "custom": ["tiny", "r50", "swin_l"],
+    "ytvis_2019": ["r50", "swin_l"], "ytvis_2021": ["r50", "swin_l"], "synthetic_video": [""],
 }
 
 

@@ -15,22 +15,13 @@ import jax.numpy as jnp
 from m2f_jax.models.backbones.resnet import ResNet
 from m2f_jax.models.backbones.swin import Swin
 from m2f_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
+from m2f_jax.models.pixel_decoder import PixelLevelModule
 from m2f_jax.models.transformer_decoder import TransformerModule
 
 if TYPE_CHECKING:  # configs are ml_collections.ConfigDicts; any object with attributes
   import ml_collections  # and .get() works (GPU benchmarks run without ml_collections)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class PixelLevelModule(nn.Module):
-  """Backbone (`encoder`) and pixel decoder (`decoder`)."""
-  encoder: nn.Module
-  decoder: nn.Module
-
-  def __call__(self, images, *, train: bool = False):
-    features = self.encoder(images, train=train)  # res2..res5, NHWC
-    return self.decoder(features, train=train)
 
 
 class Mask2Former(nn.Module):

@@ -226,3 +226,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
     mask_features = Conv(self.mask_feature_size, 1, dtype=self.dtype,
                          kernel_init=_c2_xavier_fill, name="mask_projection")(outputs[-1])
     return mask_features, outputs[:len(ENCODER_FEATURES)]
+
+
+class PixelLevelModule(nn.Module):
+  """Backbone (`encoder`) and pixel decoder (`decoder`): the per-image part of the image
+  and the video model (`m2f_jax.models.{mask2former,video}`)."""
+  encoder: nn.Module
+  decoder: nn.Module
+
+  def __call__(self, images, *, train: bool = False):
+    features = self.encoder(images, train=train)  # res2..res5, NHWC
+    return self.decoder(features, train=train)

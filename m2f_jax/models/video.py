@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from m2f_jax.models.mask2former import PixelLevelModule
+from m2f_jax.models.pixel_decoder import PixelLevelModule
 
 
 class VideoMask2Former(nn.Module):
