@@ -123,4 +123,11 @@ def reporting(user_errors: tuple = ()):
     report(e)
     if not verbose() and len(one_line(e).splitlines()) < 2:
       print(f"  (traceback: --verbose or {VERBOSE_ENV}=1)", file=sys.stderr, flush=True)
+    if isinstance(e, CheckpointError) and not verbose():
+      # A failed checkpoint write leaves Orbax's threads and event loops behind, which print
+      # tracebacks while the interpreter shuts down ("Event loop is closed"); the write has
+      # failed and the finalized steps are untouched, so leave without that shutdown.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(EXIT_STATUS)  # pylint: disable=protected-access
     raise SystemExit(EXIT_STATUS) from None
