@@ -39,7 +39,7 @@ instances); more than M keep the M largest. Its label is its category in every f
 official mapper's quirk: `prepare_targets` (video_maskformer_model.py) takes the classes from
 the LAST sampled frame, where an instance absent from that frame is a dummy annotation of class
 `num_classes` (no object): such an instance is trained as "no object" there, with its mask.
-Reproduce it from this batch with `official_labels(labels, masks, num_classes)`.
+The train step applies it to this batch (`m2f_jax.training.train_step.official_video_labels`).
 
 Evaluation (`eval_videos`): one whole video per batch, as the official inference; frames
 resized with the official test-time `ResizeShortestEdge(min_size, max_size)` and padded to a
@@ -176,17 +176,6 @@ def sample_frames(length: int, rng: np.random.Generator, *, num_frames: int,
     candidates = np.array([ref])
   others = rng.choice(candidates, num_frames - 1) if num_frames > 1 else np.zeros(0, int)
   return np.sort(np.append(others, ref)).astype(np.int64)
-
-
-def official_labels(labels: np.ndarray, masks: np.ndarray, num_classes: int) -> np.ndarray:
-  """The labels the official video training uses: an instance with no pixel in the last
-  sampled frame is class `num_classes` (no object), as `prepare_targets` reads the classes of
-  the last frame's annotations, where absent instances are dummies of that class.
-
-  labels int [..., M], masks [..., M, T, H, W] -> int32 [..., M].
-  """
-  present_last = np.asarray(masks)[..., -1, :, :].any(axis=(-2, -1))  # [..., M]
-  return np.where(present_last, labels, num_classes).astype(np.int32)
 
 
 # ------------------------------------------------------------------------------------------
