@@ -61,11 +61,13 @@ STQ (`eval_stq_vspw.py` + deeplab2's `STQuality`, as VIPSeg reports it):
   video) of 1/|g| sum_p TPA^2 / (TPA + FPA + FNA), over predicted thing tubes p of any class,
   divided by the number of truth tubes (0 when there is none, as deeplab2). Pixel counts are
   int64 as in VIPSeg's copy (deeplab2's current one accumulates float32).
-- STQ = sqrt(AQ * SQ).
+- STQ = sqrt(AQ * SQ), over all frames of every video (no windows).
 
-Differences, on input the reference mishandles: a group with no category (e.g. no stuff
-class occurs at some k) and VPQ over windows where one is undefined are null, where the
-reference divides by zero; STQ is null where no class occurs (the reference's NaN). These
+Differences, on input the reference mishandles: where a group has no category at some k (e.g.
+no stuff class occurs, or every video is shorter than k) that window's value is null and so is
+the mean of that key (VPQ, VPQ_th or VPQ_st), where the reference divides by zero; SQ and STQ
+are null where no class occurs (the reference's NaN). `windows` of the Python API chooses
+other window lengths (e.g. for videos shorter than 8 frames). These
 raise a ValueError naming video and frame where the reference raises KeyError, asserts,
 divides by zero or silently misaligns: a predicted id in the PNG that its segments_info
 does not list (or listed but absent), a category outside the ground truth's categories (the
@@ -206,7 +208,7 @@ def _window_stats(stats, pairs: Mapping, gt: Mapping, pred: Mapping, where: str)
     stats[seg["category_id"]].fp += 1
 
 
-def vpq_video_stats(frames: Sequence[tuple[Mapping, Mapping, Mapping]], *, window: int,
+def _vpq_video_stats(frames: Sequence[tuple[Mapping, Mapping, Mapping]], *, window: int,
                     video_id: Any = None):
   """One video's TP / FP / FN / IoU sums per category over its windows of `window` frames.
 
@@ -389,13 +391,13 @@ class VideoPanopticEvaluator:
       raise ValueError(f"video {video_id}: more id maps than the {num_frames} frames of "
                        "segments_info")
     self.video_ids.append(video_id)
-    self.vpq_stats.append([vpq_video_stats(frames, window=k, video_id=video_id)
+    self.vpq_stats.append([_vpq_video_stats(frames, window=k, video_id=video_id)
                            for k in self.windows])
     self.association.append(stq.association())
     self.num_tubes.append(len(stq.gt_areas))
     self.confusion += stq.confusion
 
-  def merge(self, other: "VideoPanopticEvaluator"):
+  def merge(self, other: VideoPanopticEvaluator):
     if other.windows != self.windows or other.categories != self.categories:
       raise ValueError("merge: the evaluators have different windows or categories")
     for video_id in other.video_ids:
