@@ -155,3 +155,125 @@ def test_registered_dataset():
   cfg.update(video_frames=5, video_size=(64, 80))  # one shape: one compile at evaluation
   clip = data.data_source(cfg, "validation")[2]
   assert clip["video"].shape == (5, 64, 80, 3)
+
+
+# ------------------------------------------------------------------------------------------
+# Video panoptic: panoptic tubes
+# ------------------------------------------------------------------------------------------
+
+
+def _panoptic_example():
+  """3 frames 8x10: a thing (id 7) moving right, stuff class 5 as two segments (ids 1, 2),
+  stuff class 6 (id 3) only in frame 2, a crowd stuff segment of class 5 (id 4), void."""
+  panoptic = np.zeros((3, 8, 10), np.int32)
+  panoptic[:, :4] = 1
+  panoptic[:, 4:] = 2
+  panoptic[2, 6:, :5] = 3
+  panoptic[:, 0, 9] = 4
+  panoptic[:, 7, 9] = 0  # void
+  for t in range(3):
+    panoptic[t, 2:5, 2 + t:5 + t] = 7
+  return {"video": np.zeros((3, 8, 10, 3), np.uint8), "panoptic": panoptic,
+          "segments_info": {"id": np.array([1, 2, 3, 4, 7], np.int32),
+                            "category_id": np.array([5, 5, 6, 5, 2], np.int32),
+                            "iscrowd": np.array([0, 0, 0, 1, 0], bool),
+                            "isthing": np.array([0, 0, 0, 0, 1], bool)},
+                    "video_id": 3}
+
+
+def test_panoptic_tubes_one_per_thing_and_per_stuff_class():
+  example = _panoptic_example()
+  things = vp.clip_record(example, [0, 2])["instances"]
+  assert things["track_id"].tolist() == [7] and things["isthing"].tolist() == [True]
+  clip = vp.clip_record(example, [0, 2], stuff=True)
+  inst = clip["instances"]
+  # Things first, then one tube per (stuff class, iscrowd), track id = the smallest id.
+  assert inst["track_id"].tolist() == [7, 1, 4, 3]
+  assert inst["category_id"].tolist() == [2, 5, 5, 6]
+  assert inst["iscrowd"].tolist() == [False, False, True, False]
+  assert inst["isthing"].tolist() == [True, False, False, False]
+  panoptic = example["panoptic"][[0, 2]]
+  np.testing.assert_array_equal(inst["masks"][1], np.isin(panoptic, [1, 2]))
+  np.testing.assert_array_equal(inst["masks"][3], panoptic == 3)  # absent from frame 0
+  # Every labelled pixel in exactly one tube, void in none.
+  np.testing.assert_array_equal(inst["masks"].sum(0), panoptic > 0)
+  # Targets: crowd dropped, the rest kept with their classes.
+  targets = vp.clip_targets(clip, num_targets=5)
+  assert targets["labels"][targets["valid"]].tolist() == [2, 5, 6]
+  # The instance ground truth stays things only.
+  assert [g["id"] for g in vp.ground_truth(clip)] == [7]
+
+
+def test_panoptic_tubes_need_panoptic_maps():
+  example = {"video": np.zeros((2, 4, 4, 3), np.uint8),
+             "instances": {"category_id": [1], "iscrowd": [0], "track_id": [1]},
+             "segmentations": ["", ""]}
+  with pytest.raises(ValueError, match="video_instance"):
+    vp.clip_record(example, stuff=True)
+
+
+def _png(array):
+  import io  # pylint: disable=g-import-not-at-top
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def test_vipseg_examples_become_panoptic_tubes():
+  """A VIPSeg example (encoded frames and RGB panoptic PNGs, `builders/vipseg.py`) gives the
+  clip record of its decoded maps."""
+  example = _panoptic_example()
+  panoptic = example["panoptic"]
+  rgb = np.stack([panoptic % 256, panoptic // 256 % 256, panoptic // 65536], -1).astype(np.uint8)
+  info = example["segments_info"]
+  presence = np.stack([[(panoptic[t] == i).any() for t in range(3)] for i in info["id"]])
+  vipseg_example = {
+      "video": [_png(np.full((8, 10, 3), 10 * t, np.uint8)) for t in range(3)],
+      "panoptic": [_png(rgb[t]) for t in range(3)],
+      "segments": {"id": info["id"], "png_id": info["id"], "category_id": info["category_id"],
+                   "iscrowd": info["iscrowd"], "isthing": info["isthing"]},
+      "presence": presence.reshape(-1), "frame_names": [b"f0", b"f1", b"f2"],
+      "video_id": 3, "name": b"vid_3"}
+  clip = vp.clip_record(vipseg_example, [1, 2], stuff=True)
+  expected = vp.clip_record(example, [1, 2], stuff=True)
+  assert clip["frame_indices"].tolist() == [1, 2] and clip["length"] == 3
+  assert clip["video"][:, 0, 0, 0].tolist() == [10, 20]
+  for key in ("track_id", "category_id", "iscrowd", "isthing", "masks"):
+    np.testing.assert_array_equal(clip["instances"][key], expected["instances"][key])
+  e = vp.eval_example(vipseg_example, pixel_mean=MEAN, pixel_std=STD, task="video_panoptic")
+  assert e["video_name"] == "vid_3" and e["frame_names"] == ["f0", "f1", "f2"]
+  gt = e["panoptic_ground_truth"]
+  np.testing.assert_array_equal(gt["ids"], panoptic)
+  assert [s["id"] for s in gt["segments"][0]] == [1, 2, 4, 7]
+  assert [s["id"] for s in gt["segments"][2]] == [1, 2, 3, 4, 7]
+  assert gt["segments"][0][2] == {"id": 4, "category_id": 5, "iscrowd": 1}
+
+
+def test_video_panoptic_batches_carry_stuff_tubes():
+  source = synthetic_video.SyntheticVideoSource(4, seed=1)
+  batch = next(_iterator(source, num_targets=10, task="video_panoptic"))
+  stuff = set(synthetic_video.synthetic.STUFF_IDS)
+  for b in range(2):
+    labels = batch["labels"][b][batch["valid"][b]]
+    assert stuff & set(labels.tolist())
+    assert len([k for k in labels if k in stuff]) == len(set(labels) & stuff)  # one per class
+    covered = batch["masks"][b][batch["valid"][b]].sum(0)  # [T, H, W]
+    assert covered.max() == 1  # tubes do not overlap
+    np.testing.assert_array_equal(covered[:, batch["padding_mask"][b]] == 1, True)
+  with pytest.raises(ValueError, match="unknown video task"):
+    _iterator(source, task="panoptic")
+
+
+def test_registered_video_panoptic_datasets():
+  cfg = ml_collections.ConfigDict(dict(dataset="synthetic_video", task="video_panoptic",
+                                       num_train=2, num_val=2, seed=0))
+  assert [c["isthing"] for c in data.categories(cfg)] == [1, 1, 1, 1, 0, 0, 0]
+  assert data.spec("synthetic_video").evaluators["video_panoptic"] == (
+      "video_panoptic", "video_instance")
+  spec = data.spec("vipseg")
+  assert spec.task == "video_panoptic" and spec.eval_size == (720, 1333)
+  cfg = ml_collections.ConfigDict(dict(dataset="vipseg", data_dir="/nonexistent",
+                                       source_dir="", on_error="fail", prepare_workers=1))
+  with pytest.raises(ValueError, match="source_dir"):
+    data.categories(cfg)

@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 ALL_METRICS = ("semantic", "panoptic", "instance")
+VIDEO_PANOPTIC = ("video_panoptic", "video_instance")  # VPQ / STQ, and the AP of the things
 # coco_format config fields per split: (json_file, image_dir, panoptic_dir)
 _COCO_FORMAT_FIELDS = {"train": ("json_file", "image_dir", "panoptic_dir"),
                        "validation": ("val_json_file", "val_image_dir", "val_panoptic_dir")}
@@ -31,7 +32,8 @@ class DatasetSpec:
 
   Attributes:
     name: the `data.dataset` value.
-    task: the default task ("semantic", "instance" or "panoptic").
+    task: the default task ("semantic", "instance", "panoptic", "video_instance" or
+      "video_panoptic").
     augmentation: the official training recipe (`transforms.AUGMENTATIONS`).
     eval_size: the official test-time resize (shortest edge, longest cap); (None, None)
       keeps the size.
@@ -81,8 +83,12 @@ def _synthetic_video_source(data_cfg, split: str):
 
 
 def _synthetic_video_categories(data_cfg) -> list[dict]:
-  """The thing classes (ids 0..3 in the image dataset too): the tracks' categories."""
-  return [c for c in _synthetic_categories(data_cfg) if c["isthing"]]
+  """"video_instance": the thing classes (ids 0..3 in the image dataset too), the tracks'
+  categories; "video_panoptic": every class of the image dataset (things 0..3, stuff)."""
+  found = _synthetic_categories(data_cfg)
+  if data_cfg.get("task") == "video_panoptic":
+    return found
+  return [c for c in found if c["isthing"]]
 
 
 def _ytvis_builder(release: str):
@@ -107,6 +113,27 @@ def _ytvis_categories(data_cfg) -> list[dict]:
   path = ytvis.json_path(data_cfg.source_dir)
   with open(path) as f:
     return ytvis.categories_from_json(json.load(f), path)
+
+
+def _vipseg_builder(data_cfg, build_kwargs):
+  del data_cfg
+  from m2f_jax.data.builders import vipseg  # pylint: disable=g-import-not-at-top
+  return vipseg.Vipseg(config=vipseg.make_config(**build_kwargs["config"]),
+                       **build_kwargs["builder"])
+
+
+def _vipseg_categories(data_cfg) -> list[dict]:
+  """From the prepared dataset, else from a split's JSON in data.source_dir."""
+  builder = tfds_builder(data_cfg)
+  if builder.is_prepared():
+    return [dict(c) for c in builder.info.metadata["categories"]]
+  from m2f_jax.data.builders import vipseg  # pylint: disable=g-import-not-at-top
+  if not data_cfg.get("source_dir"):
+    raise ValueError("data.dataset='vipseg' is not prepared and data.source_dir is not set: "
+                     "no category list")
+  path = next(iter(vipseg.split_jsons(data_cfg.source_dir).values()))
+  with open(path) as f:
+    return vipseg.categories_from_json(json.load(f), path)
 
 
 def _coco_builder(panoptic: bool):
@@ -222,9 +249,18 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
                 # own AP there; COCO-style mask AP here, over the panoptic thing segments).
                 evaluators={"panoptic": ALL_METRICS}),
     # Video instance segmentation: moving shapes (thing tracks) over textured stuff.
+    # Video panoptic segmentation (data.task="video_panoptic"): every class; VPQ / STQ and the
+    # video AP of its things.
     DatasetSpec(name="synthetic_video", task="video_instance", augmentation="synthetic",
                 eval_size=(None, None), categories=_synthetic_video_categories,
-                memory_source=_synthetic_video_source),
+                memory_source=_synthetic_video_source,
+                evaluators={"video_panoptic": VIDEO_PANOPTIC}),
+    # VIPSeg (VIPSeg_720P), video panoptic. Test size: DVIS's VIPSeg configs (zhang-tao-whu/DVIS
+    # configs/VIPSeg/MinVIS_R50_720p.yaml: INPUT.MIN_SIZE_TEST 720, MAX_SIZE_TEST Detectron2's
+    # default 1333), i.e. the 720p frames at their own size.
+    DatasetSpec(name="vipseg", task="video_panoptic", augmentation="ytvis",
+                eval_size=(720, 1333), categories=_vipseg_categories, builder=_vipseg_builder,
+                evaluators={"video_panoptic": VIDEO_PANOPTIC}),
     # YouTube-VIS (the evaluation split: data.heldout_videos train videos held out).
     DatasetSpec(name="ytvis_2019", task="video_instance", augmentation="ytvis",
                 eval_size=(360, 1333), categories=_ytvis_categories,

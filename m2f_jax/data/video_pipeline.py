@@ -14,8 +14,14 @@ become CLIP RECORDS (`clip_record`, numpy):
   "frame_indices": int32 [T] the frames of the source video the clip holds
   "length":      int, frames in the source video
 
-Instances are the THING tracks (video instance segmentation): the synthetic clips' thing
-segments (their ids are track ids), YouTube-VIS's annotations.
+Instances are the TUBES the task trains on. "video_instance": the thing tracks (the synthetic
+clips' thing segments, whose ids are track ids; VIPSeg's thing segments; YouTube-VIS's
+annotations). "video_panoptic" (`stuff=True`): the thing tracks and, per stuff class present
+in the clip, ONE tube (its segments merged over all frames, track id = their smallest id),
+as the image panoptic targets merge stuff per class; the instances then also carry "isthing"
+bool [N]. Sources with per-frame panoptic maps (synthetic, VIPSeg through
+`builders.vipseg.decode_clip`) keep them in the record ("panoptic" int32 [T, H, W], 0 = void,
+and "segments_info"), the ground truth of video panoptic evaluation.
 
 Training (`train_iterator`): per process shard, shuffle, repeat; per clip the official frame
 sampling (`sample_frames`: a uniformly drawn reference frame and `num_frames - 1` others drawn
@@ -44,7 +50,8 @@ The train step applies it to this batch (`m2f_jax.training.train_step.official_v
 Evaluation (`eval_videos`): one whole video per batch, as the official inference; frames
 resized with the official test-time `ResizeShortestEdge(min_size, max_size)` and padded to a
 multiple of 32; the ground truth comes along in the YouTube-VIS JSON format (one compressed RLE
-or None per frame, `ground_truth`).
+or None per frame, `ground_truth`; thing tracks only), and for "video_panoptic" also as
+per-frame id maps and segments (`panoptic_ground_truth`).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from m2f_jax.data import targets as targets_lib
 from m2f_jax.data import transforms
 
 AUGMENTATIONS = ("synthetic", "ytvis")
+TASKS = ("video_instance", "video_panoptic")
 # The official YouTube-VIS training resize (INPUT.MIN_SIZE_TRAIN; Detectron2's MAX_SIZE_TRAIN).
 YTVIS_MIN_SIZES = (360, 480)
 YTVIS_MAX_SIZE = 1333
@@ -90,16 +98,45 @@ def _decode_image(frame) -> np.ndarray:
   return np.asarray(frame)
 
 
-def clip_record(example: Mapping[str, Any],
-                frames: Sequence[int] | None = None) -> dict[str, Any]:
+def _panoptic_tubes(panoptic: np.ndarray, info: Mapping[str, Any], *, stuff: bool):
+  """(masks uint8 [N, T, H, W], category, iscrowd, track ids, isthing) of a clip's segments:
+  every thing segment; with `stuff`, one tube per (stuff class, iscrowd) present."""
+  ids = np.asarray(info["id"], np.int64).reshape(-1)
+  category = np.asarray(info["category_id"], np.int32).reshape(-1)
+  iscrowd = np.asarray(info["iscrowd"], bool).reshape(-1)
+  isthing = np.asarray(info["isthing"], bool).reshape(-1)
+  groups = [[i] for i in np.flatnonzero(isthing)]
+  if stuff:
+    for key in sorted({(int(category[i]), bool(iscrowd[i])) for i in np.flatnonzero(~isthing)}):
+      groups.append([i for i in np.flatnonzero(~isthing)
+                     if (category[i], iscrowd[i]) == key])
+  masks = np.zeros((len(groups),) + panoptic.shape, np.uint8)  # [N, T, H, W]
+  for n, group in enumerate(groups):
+    masks[n] = np.isin(panoptic, ids[group])
+  first = np.array([g[0] for g in groups], np.int64)
+  track = np.array([ids[g].min() for g in groups], np.int64)
+  return masks, category[first], iscrowd[first], track, isthing[first]
+
+
+def clip_record(example: Mapping[str, Any], frames: Sequence[int] | None = None, *,
+                stuff: bool = False) -> dict[str, Any]:
   """A source's example -> the clip record of `frames` (None: every frame).
 
   Examples: synthetic clips ("video", "panoptic", "segments_info": thing segments become
-  the instances) and YouTube-VIS examples ("video", "instances" and "segmentations": one
-  compressed RLE per instance and frame, instance-major, "" where absent; see
-  `builders/ytvis.py`). "video" is uint8 [T, H, W, 3] or a list of frames (arrays, or encoded
-  images); masks (and encoded frames) are decoded only for the selected frames.
+  the instances), VIPSeg examples ("segments" and "presence", `builders/vipseg.py`: decoded by
+  `vipseg.decode_clip`, then as synthetic clips) and YouTube-VIS examples ("video",
+  "instances" and "segmentations": one compressed RLE per instance and frame, instance-major,
+  "" where absent; see `builders/ytvis.py`). "video" is uint8 [T, H, W, 3] or a list of frames
+  (arrays, or encoded images); masks (and encoded frames) are decoded only for the selected
+  frames. `stuff`: also one tube per stuff class present (video panoptic; sources with
+  panoptic maps only).
   """
+  if "segments" in example and "presence" in example:  # VIPSeg: decode the selected frames
+    from m2f_jax.data.builders import vipseg  # pylint: disable=g-import-not-at-top (tfds)
+    decoded = vipseg.decode_clip(example, frames)
+    record = clip_record(decoded, stuff=stuff)
+    record.update(frame_indices=decoded["frame_indices"], length=decoded["length"])
+    return record
   video = example["video"]
   length = len(video)
   frames = np.arange(length) if frames is None else np.asarray(frames, np.int64)
@@ -114,15 +151,17 @@ def clip_record(example: Mapping[str, Any],
     raise ValueError(f"clip {example.get('video_id')}: 'video' must be uint8 [T, H, W, 3], got "
                      f"{video.dtype} {video.shape}")
   height, width = video.shape[1:3]
+  extra = {}
   if "panoptic" in example:  # synthetic: the thing segments are the tracks
-    panoptic = np.asarray(example["panoptic"])[frames]  # [T, H, W]
+    panoptic = np.asarray(example["panoptic"])[frames].astype(np.int32)  # [T, H, W]
     info = example["segments_info"]
-    things = np.asarray(info["isthing"], bool)
-    ids = np.asarray(info["id"], np.int64)[things]
-    masks = (panoptic[None] == ids[:, None, None, None]).astype(np.uint8)  # [N, T, H, W]
-    category = np.asarray(info["category_id"], np.int32)[things]
-    iscrowd = np.asarray(info["iscrowd"], bool)[things]
+    masks, category, iscrowd, ids, isthing = _panoptic_tubes(panoptic, info, stuff=stuff)
+    extra = {"panoptic": panoptic, "segments_info": info}
   else:
+    if stuff:
+      raise ValueError(f"clip {example.get('video_id')}: video panoptic tubes need a source "
+                       "with panoptic maps (synthetic_video, vipseg); this one has instances "
+                       "only (YouTube-VIS): use data.task='video_instance'")
     inst = example["instances"]
     category = np.asarray(inst["category_id"], np.int32).reshape(-1)
     iscrowd = np.asarray(inst["iscrowd"], bool).reshape(-1)
@@ -131,26 +170,50 @@ def clip_record(example: Mapping[str, Any],
     masks = np.stack([_decode_rles(rles[n, frames], height, width)
                       for n in range(len(category))]) if len(category) else \
         np.zeros((0, len(frames), height, width), np.uint8)  # [N, T, H, W]
+    isthing = np.ones(len(category), bool)
   return {
       "video": video,
       "instances": {"masks": masks, "category_id": category, "iscrowd": iscrowd,
-                    "track_id": ids},
+                    "track_id": ids, "isthing": isthing},
       "video_id": int(example.get("video_id", -1)),
       "frame_indices": frames.astype(np.int32),
       "length": int(length),
+      **extra,
   }
 
 
+def panoptic_ground_truth(clip: Mapping[str, Any]) -> dict[str, Any]:
+  """A clip record's panoptic maps as the video panoptic evaluator reads them:
+  {"ids": int32 [T, H, W] (0 = void), "segments": per frame [{"id", "category_id"
+  (contiguous class), "iscrowd"}] of the segments present in that frame}."""
+  if "panoptic" not in clip:
+    raise ValueError(f"clip {clip.get('video_id')} has no panoptic maps: video panoptic "
+                     "evaluation needs a source with them (synthetic_video, vipseg)")
+  panoptic = clip["panoptic"]
+  info = clip["segments_info"]
+  ids = np.asarray(info["id"], np.int64).reshape(-1)
+  category = np.asarray(info["category_id"], np.int64).reshape(-1)
+  iscrowd = np.asarray(info["iscrowd"], bool).reshape(-1)
+  segments = []
+  for frame in panoptic:
+    present = np.isin(ids, np.unique(frame))
+    segments.append([{"id": int(i), "category_id": int(c), "iscrowd": int(cr)}
+                     for i, c, cr in zip(ids[present], category[present], iscrowd[present])])
+  return {"ids": np.asarray(panoptic, np.int32), "segments": segments}
+
+
 def ground_truth(clip: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """A clip record's instances in the YouTube-VIS JSON format (crowd kept).
+  """A clip record's thing instances in the YouTube-VIS JSON format (crowd kept; the stuff
+  tubes of a video panoptic record left out).
 
   [{"id" (track id), "category_id" (contiguous class), "iscrowd", "segmentations": one
   compressed RLE per frame or None where the instance is absent, "areas": pixels or None}].
   """
   from m2f_jax.evaluation import instance as instance_eval  # pylint: disable=g-import-not-at-top
   inst = clip["instances"]
+  isthing = np.asarray(inst.get("isthing", np.ones(len(inst["category_id"]), bool)), bool)
   out = []
-  for n in range(len(inst["category_id"])):
+  for n in np.flatnonzero(isthing):
     masks = inst["masks"][n]  # [T, H, W]
     areas = masks.reshape(len(masks), -1).sum(-1)
     rles = instance_eval.mask_to_rle(masks)
@@ -192,7 +255,7 @@ def _frame_records(clip):
 
 
 def _stack_frames(clip, frames):
-  out = dict(clip)
+  out = {k: v for k, v in clip.items() if k not in ("panoptic", "segments_info")}  # stale
   out["video"] = np.stack([f["image"] for f in frames])  # [T, H, W, 3]
   masks = np.stack([f["instances"]["masks"] for f in frames], axis=1)  # [N, T, H, W]
   out["instances"] = dict(clip["instances"], masks=masks)
@@ -267,11 +330,11 @@ def clip_targets(clip: Mapping[str, Any], *, num_targets: int) -> dict[str, np.n
   return {"labels": labels, "masks": out_masks, "valid": np.arange(num_targets) < n}
 
 
-def _train_clip(example, rng, *, num_frames, frame_range, image_size, augmentation, flip,
-                scale_range, min_size_train, max_size_train):
+def _train_clip(example, rng, *, task, num_frames, frame_range, image_size, augmentation,
+                flip, scale_range, min_size_train, max_size_train):
   length = len(example["video"])
   frames = sample_frames(length, rng, num_frames=num_frames, frame_range=frame_range)
-  clip = clip_record(example, frames)
+  clip = clip_record(example, frames, stuff=task == "video_panoptic")
   return augment_clip(clip, rng, image_size=image_size, augmentation=augmentation, flip=flip,
                       scale_range=scale_range, min_size_train=min_size_train,
                       max_size_train=max_size_train)
@@ -294,6 +357,7 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, num_fra
                    num_targets: int, image_size: tuple[int, int],
                    pixel_mean: Sequence[float], pixel_std: Sequence[float],
                    frame_range: int = 20, augmentation: str = "synthetic", flip: bool = True,
+                   task: str = "video_instance",
                    scale_range: tuple[float, float] | None = None,
                    min_size_train: Sequence[int] | None = None,
                    max_size_train: int | None = None, num_epochs: int | None = None,
@@ -314,6 +378,8 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, num_fra
     frame_range: the other frames are drawn within +-frame_range of the reference (official
       20).
     augmentation: "synthetic" or "ytvis" (see `augment_clip`).
+    task: "video_instance" (thing tracks) or "video_panoptic" (thing tracks and one tube per
+      stuff class present in the clip; see the module docstring).
     flip, scale_range, min_size_train, max_size_train: see `augment_clip`.
     num_epochs: None repeats forever.
     shard_options: grain ShardOptions; default `ShardByJaxProcess(drop_remainder=True)`.
@@ -330,6 +396,8 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, num_fra
     raise ValueError(f"num_frames must be >= 1, got {num_frames}")
   if augmentation not in AUGMENTATIONS:
     raise ValueError(f"unknown video augmentation {augmentation!r}: use one of {AUGMENTATIONS}")
+  if task not in TASKS:
+    raise ValueError(f"unknown video task {task!r} (data.task): use one of {TASKS}")
   shard = pipeline._shard_options(shard_options, drop_remainder=True)  # pylint: disable=protected-access
   ds = grain.MapDataset.source(source)
   if shard.drop_remainder:
@@ -341,7 +409,7 @@ def train_iterator(source: Sequence[Any], *, batch_size: int, seed: int, num_fra
   ds = ds.shuffle(seed=seed).repeat(num_epochs)
   augment_seed = int(np.random.SeedSequence([seed, shard.shard_index]).generate_state(1)[0])
   ds = ds.random_map(functools.partial(
-      _train_clip, num_frames=int(num_frames), frame_range=int(frame_range),
+      _train_clip, task=task, num_frames=int(num_frames), frame_range=int(frame_range),
       image_size=tuple(int(s) for s in image_size), augmentation=augmentation, flip=flip,
       scale_range=None if scale_range is None else tuple(scale_range),
       min_size_train=None if min_size_train is None else tuple(min_size_train),
@@ -371,7 +439,7 @@ def train_iterator_from_config(config) -> grain.DatasetIterator:
       seed=config.train.seed, num_frames=d.get("num_frames", 2),
       frame_range=d.get("frame_range", 20), num_targets=d.num_targets,
       image_size=tuple(d.image_size), pixel_mean=config.model.pixel_mean,
-      pixel_std=config.model.pixel_std, augmentation=d.augmentation,
+      pixel_std=config.model.pixel_std, augmentation=d.augmentation, task=d.task,
       scale_range=tuple(d.scale_range) if d.scale_range else None,
       min_size_train=d.min_size_train, max_size_train=d.max_size_train,
       worker_count=d.worker_count, read_threads=d.read_threads, prefetch=d.prefetch)
@@ -382,9 +450,14 @@ def train_iterator_from_config(config) -> grain.DatasetIterator:
 # ------------------------------------------------------------------------------------------
 
 
+def _text(value) -> str:
+  return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
 def eval_example(example: Mapping[str, Any], *, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], min_size: int | None = None,
-                 max_size: int | None = None, size_divisibility: int = 32) -> dict[str, Any]:
+                 max_size: int | None = None, size_divisibility: int = 32,
+                 task: str = "video_instance") -> dict[str, Any]:
   """A whole video -> one evaluation batch (B = 1):
 
     "images":      float32 [1, T, Hp, Wp, 3] resized (official test-time rule), normalized,
@@ -392,8 +465,13 @@ def eval_example(example: Mapping[str, Any], *, pixel_mean: Sequence[float],
     "image_size":  int32 [2] (h, w) of the resized frames inside the padding
     "output_size": int32 [2] (H, W) of the original frames
     "video_id":    int
-    "ground_truth": the video's instances in the YouTube-VIS JSON format (`ground_truth`)
+    "video_name":  str, the video's name (VIPSeg's video_id; else the id as text)
+    "frame_names": [T] str, the frames' names (VIPSeg's image ids; else 00000, 00001, ...)
+    "ground_truth": the video's thing instances in the YouTube-VIS JSON format (`ground_truth`)
+    "panoptic_ground_truth": "video_panoptic" only: `panoptic_ground_truth`
   """
+  if task not in TASKS:
+    raise ValueError(f"unknown video task {task!r} (data.task): use one of {TASKS}")
   clip = clip_record(example)
   frames = [transforms.prepare_eval_image(f, pixel_mean=pixel_mean, pixel_std=pixel_std,
                                           min_size=min_size, max_size=max_size)
@@ -404,14 +482,19 @@ def eval_example(example: Mapping[str, Any], *, pixel_mean: Sequence[float],
       "image_size": np.array(frames[0].shape[:2], np.int32),
       "output_size": np.array(clip["video"].shape[1:3], np.int32),
       "video_id": clip["video_id"],
+      "video_name": _text(example.get("name") or clip["video_id"]),
+      "frame_names": [_text(n) for n in example["frame_names"]] if "frame_names" in example
+                     else [f"{t:05d}" for t in range(len(clip["video"]))],
       "ground_truth": ground_truth(clip),
+      **({"panoptic_ground_truth": panoptic_ground_truth(clip)}
+         if task == "video_panoptic" else {}),
   }
 
 
 def eval_videos(source: Sequence[Any], *, pixel_mean: Sequence[float],
                 pixel_std: Sequence[float], min_size: int | None = None,
                 max_size: int | None = None, size_divisibility: int = 32,
-                max_videos: int | None = None,
+                max_videos: int | None = None, task: str = "video_instance",
                 shard_options: grain.sharding.ShardOptions | None = None,
                 read_threads: int = 0, prefetch: int = 0):
   """This process's evaluation videos, one per batch (`eval_example`), in source order.
@@ -425,6 +508,6 @@ def eval_videos(source: Sequence[Any], *, pixel_mean: Sequence[float],
   indices = list(range(shard.shard_index, total, shard.shard_count))
   ds = grain.MapDataset.source(indices).map(lambda i: eval_example(
       source[i], pixel_mean=tuple(pixel_mean), pixel_std=tuple(pixel_std), min_size=min_size,
-      max_size=max_size, size_divisibility=size_divisibility))
+      max_size=max_size, size_divisibility=size_divisibility, task=task))
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=prefetch))
