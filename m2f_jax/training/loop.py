@@ -93,7 +93,9 @@ def _workdir_held(workdir: str):
 
 def train(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from `workdir` if it holds checkpoints); returns (model, variables)."""
-  with _workdir_held(workdir):
+  # A failed checkpoint write's TensorStore tracebacks go to WORKDIR/checkpoint_errors.log;
+  # the failure itself is raised here (CheckpointError: one line).
+  with _workdir_held(workdir), checkpoints.background_errors_logged(workdir):
     return _train(config, workdir)
 
 
@@ -217,7 +219,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, then evaluates the final model on the validation split (eval_results.json)."""
-  with _workdir_held(workdir):  # the evaluation writes into the workdir too
+  with (_workdir_held(workdir),  # the evaluation writes into the workdir too
+        checkpoints.background_errors_logged(workdir)):  # as in train()
     model, variables = _train(config, workdir)
     from m2f_jax import evaluate_video  # pylint: disable=g-import-not-at-top
     video = evaluate_video.is_video_task(config)  # video instance segmentation: YouTube-VIS AP
