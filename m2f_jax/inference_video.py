@@ -1,4 +1,13 @@
-"""Post-processing of the video model: one video's outputs -> YouTube-VIS results.
+"""Post-processing of the video model: one video's outputs -> YouTube-VIS results, and video
+panoptic segmentation.
+
+Video panoptic (`video_panoptic_inference`, not in the official code, which has no video
+panoptic task): the official image `panoptic_inference` over the T x H x W volume, so segment
+ids are stable over the video with no association step; videos longer than the model takes
+at once: overlapping clips (`clip_starts`) whose tubes are linked by Hungarian matching on
+mask IoU over the overlapping frames (`link_clips`), then the same inference.
+
+Video instance segmentation:
 
 Follows the official `VideoMaskFormer.inference_video` (`mask2former_video/
 video_maskformer_model.py`):
@@ -66,10 +75,9 @@ def select_topk(pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, *, topk: int 
   return scores, labels, pred_masks[query].astype(jnp.float32)  # [k, T, h, w]
 
 
-@functools.partial(jax.jit, static_argnames=("padded_size", "image_size", "output_size"))
-def masks_at_output(tubes: jnp.ndarray, *, padded_size: Size, image_size: Size,
-                    output_size: Size) -> jnp.ndarray:
-  """`[k, t, h, w]` logits -> bool `[k, t, H, W]` at the original size (logit > 0).
+def logits_at_output(tubes: jnp.ndarray, *, padded_size: Size, image_size: Size,
+                     output_size: Size) -> jnp.ndarray:
+  """`[k, t, h, w]` logits -> float32 `[k, t, H, W]` logits at the original size (traceable).
 
   Upsampled to `padded_size` (the network input), cropped to `image_size` (the resized
   frames inside the padding), resized to `output_size`; bilinear, align_corners=False. The
@@ -86,7 +94,16 @@ def masks_at_output(tubes: jnp.ndarray, *, padded_size: Size, image_size: Size,
                                      in_len=padded_size[axis], out_len=output_size[axis])
     matrices.append(jnp.matmul(crop_resize, upsample, precision="highest"))  # [H, h]
   return jnp.einsum("yh,kthw,xw->ktyx", matrices[0], tubes.astype(jnp.float32), matrices[1],
-                    precision="highest") > 0  # [k, t, H, W]
+                    precision="highest")  # [k, t, H, W]
+
+
+@functools.partial(jax.jit, static_argnames=("padded_size", "image_size", "output_size"))
+def masks_at_output(tubes: jnp.ndarray, *, padded_size: Size, image_size: Size,
+                    output_size: Size) -> jnp.ndarray:
+  """`[k, t, h, w]` logits -> bool `[k, t, H, W]` at the original size (logit > 0; resized
+  as `logits_at_output`)."""
+  return logits_at_output(tubes, padded_size=padded_size, image_size=image_size,
+                          output_size=output_size) > 0  # [k, t, H, W]
 
 
 def inference_video(*, pred_logits, pred_masks, padded_size: Size, image_size: Size,
@@ -154,3 +171,225 @@ def to_results(video_id: int, result: dict[str, Any],
     out.append({"video_id": int(video_id), "category_id": category, "score": float(score),
                 "segmentations": segmentations})
   return out
+
+
+# ------------------------------------------------------------------------------------------
+# Video panoptic segmentation: the official panoptic_inference over the T x H x W volume
+# ------------------------------------------------------------------------------------------
+
+OBJECT_MASK_THRESHOLD = 0.8  # the official panoptic_inference thresholds
+OVERLAP_THRESHOLD = 0.8
+
+
+@functools.partial(jax.jit, static_argnames=("padded_size", "image_size", "output_size"))
+def _panoptic_chunk(class_logits, tubes, num_valid, object_mask_threshold, *,
+                    padded_size: Size, image_size: Size, output_size: Size):
+  """`inference._panoptic_arrays` on a chunk of frames of the candidate queries: frames are
+  folded into the rows (every step is per pixel but the areas, which are sums); frames from
+  `num_valid` on are padding and count nowhere."""
+  from m2f_jax import inference  # pylint: disable=g-import-not-at-top
+  k, t = tubes.shape[:2]
+  logits = logits_at_output(tubes, padded_size=padded_size, image_size=image_size,
+                            output_size=output_size)  # [k, t, H, W]
+  height, width = output_size
+  valid = jnp.broadcast_to((jnp.arange(t) < num_valid)[:, None, None], (t, height, width))
+  arrays = inference._panoptic_arrays(  # pylint: disable=protected-access
+      class_logits, logits.reshape(k, t * height, width), object_mask_threshold,
+      valid.reshape(t * height, width))
+  arrays["winner"] = arrays["winner"].reshape(t, height, width)
+  arrays["confident"] = arrays["confident"].reshape(t, height, width)
+  return arrays
+
+
+def _bucket(n: int, cap: int) -> int:
+  """The next power of two >= n (at most `cap`): few compiled shapes."""
+  return min(cap, 1 << max(0, int(n) - 1).bit_length())
+
+
+def video_panoptic_inference(*, pred_logits, pred_masks, padded_size: Size, image_size: Size,
+                             output_size: Size, isthing: Sequence[bool],
+                             object_mask_threshold: float = OBJECT_MASK_THRESHOLD,
+                             overlap_threshold: float = OVERLAP_THRESHOLD,
+                             frame_chunk: int = 4) -> dict[str, Any]:
+  """The official `panoptic_inference` over one video's T x H x W volume.
+
+  As `inference.panoptic_inference` with every frame in one image: queries whose class
+  (softmax, argmax) is not "no object" and whose probability > `object_mask_threshold` are
+  kept; each pixel of every frame goes to the kept query with the largest class probability
+  x mask probability (first such query on ties), if that probability is >= 0.5; a segment
+  whose won pixels (summed over the video) are fewer than `overlap_threshold` x its own
+  (probability >= 0.5, summed over the video) is dropped; the stuff segments of one class
+  merge into one over the whole video. So a segment id is the same object in every frame: no
+  association step.
+
+  Memory stays bounded: only the kept queries (padded to a power of two) are upsampled, by
+  chunks of `frame_chunk` frames (the winner maps and the areas are accumulated; the result
+  does not depend on the chunk).
+
+  Args:
+    pred_logits: `[Q, K + 1]` (one video of the model's `pred_logits`).
+    pred_masks: `[Q, T, h, w]` mask logits.
+    padded_size, image_size, output_size: as `inference_video`.
+    isthing: `[K]` bools, True for thing classes.
+    object_mask_threshold, overlap_threshold: the official 0.8 and 0.8.
+    frame_chunk: frames upsampled at a time.
+
+  Returns:
+    {"panoptic": int32 [T, H, W] segment ids (0 = void), "segments_info": [{"id",
+    "category_id" (contiguous class), "isthing", "score", "query"}] of the video,
+    "frame_segments": per frame the ids of the segments present in it}.
+  """
+  from m2f_jax import inference  # pylint: disable=g-import-not-at-top
+  if pred_logits.ndim != 2 or pred_masks.ndim != 4 or pred_masks.shape[0] != pred_logits.shape[0]:
+    raise ValueError(f"video_panoptic_inference: pred_logits {pred_logits.shape} must be "
+                     f"[Q, K + 1] and pred_masks {pred_masks.shape} [Q, T, h, w] of one video")
+  num_queries, num_classes = pred_logits.shape[0], pred_logits.shape[1] - 1
+  isthing = inference._check_isthing(isthing, num_classes)  # pylint: disable=protected-access
+  class_logits = np.asarray(pred_logits, np.float32)
+  z = class_logits - class_logits.max(-1, keepdims=True)
+  probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)  # [Q, K + 1]
+  labels = probs.argmax(-1)
+  num_frames = pred_masks.shape[1]
+  out_h, out_w = (int(s) for s in output_size)
+  candidates = np.flatnonzero((labels != num_classes)
+                              & (probs.max(-1) > object_mask_threshold * 0.999))
+  if candidates.size == 0:
+    return {"panoptic": np.zeros((num_frames, out_h, out_w), np.int32), "segments_info": [],
+            "frame_segments": [[] for _ in range(num_frames)]}
+  # The candidates (a superset of the kept queries: the exact threshold test runs in the
+  # jitted function, in float32 as the image inference), in query order, padded with rows
+  # that are "no object" for sure.
+  size = _bucket(candidates.size, num_queries)
+  sub_logits = np.zeros((size, num_classes + 1), np.float32)
+  sub_logits[:, -1] = 1.0
+  sub_logits[:candidates.size] = class_logits[candidates]
+  index = np.zeros(size, np.int64)
+  index[:candidates.size] = candidates
+  tubes = jnp.asarray(pred_masks)[index]  # [k, T, h, w]
+  chunk = max(1, min(int(frame_chunk), num_frames))
+  sizes = dict(padded_size=tuple(int(s) for s in padded_size),
+               image_size=tuple(int(s) for s in image_size), output_size=(out_h, out_w))
+  winners, confident, areas = [], [], None
+  for start in range(0, num_frames, chunk):
+    part = tubes[:, start:start + chunk]
+    valid = part.shape[1]
+    if valid < chunk:  # one compiled shape per video size
+      part = jnp.pad(part, ((0, 0), (0, chunk - valid), (0, 0), (0, 0)))
+    a = jax.tree.map(np.asarray, _panoptic_chunk(
+        jnp.asarray(sub_logits), part, valid, jnp.float32(object_mask_threshold), **sizes))
+    winners.append(a["winner"][:valid])
+    confident.append(a["confident"][:valid])
+    sums = {k: a[k].astype(np.int64) for k in ("mask_area", "original_area", "confident_area")}
+    areas = sums if areas is None else {k: areas[k] + sums[k] for k in sums}
+    per_query = {k: a[k] for k in ("keep", "score", "label")}
+  arrays = dict(per_query, **areas, winner=np.concatenate(winners),
+                confident=np.concatenate(confident))
+  panoptic, segments = inference._panoptic_segments(  # pylint: disable=protected-access
+      arrays, isthing=isthing, overlap_threshold=overlap_threshold)
+  # The query of each segment: the first kept query whose pixels it holds (a merged stuff
+  # segment: its class's first surviving query); one pass over the volume.
+  num_segments = len(segments)
+  pairs = np.bincount((arrays["winner"].astype(np.int64) * (num_segments + 1)
+                       + panoptic).reshape(-1), minlength=size * (num_segments + 1))
+  pairs = pairs.reshape(size, num_segments + 1)[:, 1:] > 0  # [k, S]
+  for s in segments:
+    q = int(np.argmax(pairs[:, s["id"] - 1]))
+    s.update(category_id=int(s["category_id"]), query=int(candidates[q]),
+             score=float(arrays["score"][q]))
+  present = [np.flatnonzero(np.bincount(frame.reshape(-1), minlength=num_segments + 1)[1:]) + 1
+             for frame in panoptic]
+  return {"panoptic": panoptic.astype(np.int32), "segments_info": segments,
+          "frame_segments": [ids.tolist() for ids in present]}
+
+
+# ------------------------------------------------------------------------------------------
+# Videos longer than the model takes at once: overlapping clips linked into tubes
+# ------------------------------------------------------------------------------------------
+
+
+def clip_starts(num_frames: int, clip_frames: int, overlap: int) -> list[int]:
+  """First frames of the clips of `clip_frames` frames that cover `num_frames` frames, each
+  overlapping the previous by at least `overlap` frames (the last one ends at the last frame,
+  so every clip has the same length: one compiled shape). A video that fits is one clip."""
+  if clip_frames < 1 or not 0 <= overlap < clip_frames:
+    raise ValueError(f"clips of {clip_frames} frames overlapping by {overlap}: need "
+                     "clip_frames >= 1 and 0 <= overlap < clip_frames")
+  if num_frames <= clip_frames:
+    return [0]
+  stride = clip_frames - overlap
+  starts = list(range(0, num_frames - clip_frames, stride))
+  return starts + [num_frames - clip_frames]
+
+
+def _binary_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Mask IoU `[N, M]` of bool `[N, P]` and `[M, P]` (0 where both are empty)."""
+  a, b = a.astype(np.float32), b.astype(np.float32)
+  inter = a @ b.T
+  union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+  return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def link_clips(clips: Sequence[tuple[np.ndarray, np.ndarray]], starts: Sequence[int],
+               num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+  """Tubes of overlapping clips linked into video tubes.
+
+  Each clip's queries are matched one to one (Hungarian, `scipy.optimize.
+  linear_sum_assignment`) with the video tubes built so far, maximizing the IoU of their
+  masks (logit > 0 at the network's resolution) summed over the frames the clip shares with
+  the previous one; ties (e.g. tubes empty in those frames) are broken by the similarity of
+  the class probabilities (weight 1e-3). A video tube's mask logits in a frame are the mean
+  over the clips that hold the frame, its class logits the mean over all its clips.
+
+  Args:
+    clips: per clip (pred_logits `[Q, K + 1]`, pred_masks `[Q, t, h, w]`), in order.
+    starts: each clip's first frame (`clip_starts`).
+    num_frames: T of the video.
+
+  Returns:
+    (pred_logits `[Q, K + 1]`, pred_masks `[Q, T, h, w]`), as the model's output for the
+    whole video (for `video_panoptic_inference` and `inference_video`).
+  """
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  if len(clips) != len(starts) or not clips:
+    raise ValueError(f"link_clips: {len(clips)} clips but {len(starts)} starts")
+  logits0, masks0 = (np.asarray(x, np.float32) for x in clips[0])
+  num_queries, clip_len, h, w = masks0.shape
+  mask_sum = np.zeros((num_queries, num_frames, h, w), np.float32)
+  count = np.zeros(num_frames, np.int32)
+  logit_sum = np.zeros_like(logits0)
+  previous = None  # (start, masks [Q, t, h, w]) of the previous clip in video-tube order
+  for (logits, masks), start in zip(clips, starts):
+    logits, masks = np.asarray(logits, np.float32), np.asarray(masks, np.float32)
+    if masks.shape != (num_queries, clip_len, h, w) or logits.shape != logits0.shape:
+      raise ValueError(f"link_clips: clip at frame {start} has outputs {logits.shape}, "
+                       f"{masks.shape}; the first has {logits0.shape}, {masks0.shape}")
+    if start < 0 or start + clip_len > num_frames:
+      raise ValueError(f"link_clips: clip frames {start}..{start + clip_len - 1} outside the "
+                       f"video's {num_frames}")
+    if previous is not None:
+      prev_start, prev_masks = previous
+      lo, hi = start, min(prev_start + clip_len, start + clip_len)
+      if hi <= lo:
+        raise ValueError(f"link_clips: the clip at frame {start} does not overlap the previous "
+                         f"one (frames {prev_start}..{prev_start + clip_len - 1})")
+      a = prev_masks[:, lo - prev_start:hi - prev_start].reshape(num_queries, -1) > 0
+      b = masks[:, lo - start:hi - start].reshape(num_queries, -1) > 0
+      p = np.exp(logit_sum / np.maximum(count_clips, 1))
+      p /= p.sum(-1, keepdims=True)
+      q = np.exp(logits - logits.max(-1, keepdims=True))
+      q /= q.sum(-1, keepdims=True)
+      cost = -(_binary_iou(a, b) + 1e-3 * (p @ q.T))  # [tubes, queries]
+      rows, cols = optimize.linear_sum_assignment(cost)
+      order = np.empty(num_queries, np.int64)
+      order[rows] = cols  # tube r continues with query order[r]
+      logits, masks = logits[order], masks[order]
+      count_clips += 1
+    else:
+      count_clips = 1
+    logit_sum += logits
+    mask_sum[:, start:start + clip_len] += masks
+    count[start:start + clip_len] += 1
+    previous = (start, masks)
+  if (count == 0).any():
+    raise ValueError(f"link_clips: frames {np.flatnonzero(count == 0).tolist()} are in no clip")
+  return logit_sum / count_clips, mask_sum / count[None, :, None, None]
