@@ -55,13 +55,15 @@ TOPK = 10  # the official number of results per video
 
 
 @functools.partial(jax.jit, static_argnames=("topk",))
-def select_topk(pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, *, topk: int = TOPK):
+def select_topk(pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, *, topk: int = TOPK,
+                classes: jnp.ndarray | None = None):
   """The official top-k of one video, before any upsampling.
 
   Args:
     pred_logits: `[Q, K + 1]` class logits (last = no object).
     pred_masks: `[Q, T, h, w]` mask logits.
     topk: results kept (at most Q x K).
+    classes: optional bool `[K]`: only these classes compete (the others score -1).
 
   Returns:
     scores float32 `[k]` (class probabilities, descending), labels int32 `[k]`, tube logits
@@ -69,6 +71,8 @@ def select_topk(pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, *, topk: int 
   """
   num_queries, num_classes = pred_logits.shape[0], pred_logits.shape[1] - 1
   probs = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)[:, :-1]  # [Q, K]
+  if classes is not None:
+    probs = jnp.where(classes[None, :], probs, -1.0)
   scores, index = jax.lax.top_k(probs.reshape(-1), min(topk, num_queries * num_classes))
   query = index // num_classes
   labels = (index % num_classes).astype(jnp.int32)
@@ -108,7 +112,8 @@ def masks_at_output(tubes: jnp.ndarray, *, padded_size: Size, image_size: Size,
 
 def inference_video(*, pred_logits, pred_masks, padded_size: Size, image_size: Size,
                     output_size: Size, topk: int = TOPK, frame_chunk: int = 4,
-                    encode: bool = True) -> dict[str, Any]:
+                    encode: bool = True, classes: Sequence[bool] | None = None
+                    ) -> dict[str, Any]:
   """One video's results, as the official `inference_video` (see the module docstring).
 
   Args:
@@ -122,6 +127,8 @@ def inference_video(*, pred_logits, pred_masks, padded_size: Size, image_size: S
       on it).
     encode: True: masks as compressed RLEs, `segmentations` [k][T] (chunk by chunk, never
       all at full size); False: `masks` bool `[k, T, H, W]`.
+    classes: optional bool `[K]`: the top k among these classes only (a video panoptic
+      model's things: its video instance results; probabilities not renormalized).
 
   Returns:
     {"scores": float32 [k] descending, "labels": int32 [k] contiguous classes, and
@@ -130,7 +137,12 @@ def inference_video(*, pred_logits, pred_masks, padded_size: Size, image_size: S
   if pred_logits.ndim != 2 or pred_masks.ndim != 4 or pred_masks.shape[0] != pred_logits.shape[0]:
     raise ValueError(f"inference_video: pred_logits {pred_logits.shape} must be [Q, K + 1] and "
                      f"pred_masks {pred_masks.shape} [Q, T, h, w] of one video")
-  scores, labels, tubes = select_topk(pred_logits, pred_masks, topk=topk)
+  scores, labels, tubes = select_topk(
+      pred_logits, pred_masks, topk=topk,
+      classes=None if classes is None else jnp.asarray(np.asarray(classes, bool)))
+  if classes is not None:  # fewer than topk (query, class) pairs of those classes
+    found = int(np.sum(np.asarray(scores) >= 0))
+    scores, labels, tubes = scores[:found], labels[:found], tubes[:found]
   num_frames = tubes.shape[1]
   chunk = max(1, min(int(frame_chunk), num_frames))
   sizes = dict(padded_size=tuple(int(s) for s in padded_size),
@@ -329,16 +341,23 @@ def _binary_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
+ABSENT_LOGIT = -1e4  # mask logit of a linked tube in the frames of clips it is not in
+
+
 def link_clips(clips: Sequence[tuple[np.ndarray, np.ndarray]], starts: Sequence[int],
                num_frames: int) -> tuple[np.ndarray, np.ndarray]:
   """Tubes of overlapping clips linked into video tubes.
 
-  Each clip's queries are matched one to one (Hungarian, `scipy.optimize.
-  linear_sum_assignment`) with the video tubes built so far, maximizing the IoU of their
-  masks (logit > 0 at the network's resolution) summed over the frames the clip shares with
-  the previous one; ties (e.g. tubes empty in those frames) are broken by the similarity of
-  the class probabilities (weight 1e-3). A video tube's mask logits in a frame are the mean
-  over the clips that hold the frame, its class logits the mean over all its clips.
+  The first clip's queries start the video tubes. Each later clip's queries are matched one
+  to one (Hungarian, `scipy.optimize.linear_sum_assignment`) with the tubes of the previous
+  clip, maximizing the IoU of their masks (logit > 0 at the network's resolution) over the
+  frames the two clips share; a matched pair with IoU > 0 continues the tube. A query left
+  unlinked (no overlap with any tube there: an object that enters, or hidden in the shared
+  frames) starts a new tube if its class (argmax) is not "no object", and is dropped
+  otherwise. A tube's mask logits in a frame are the mean over the clips that hold both the
+  frame and the tube (`ABSENT_LOGIT` where none does), its class logits the mean over its
+  clips. An object hidden in every frame shared by two clips therefore becomes two tubes
+  (whole-video inference would keep one).
 
   Args:
     clips: per clip (pred_logits `[Q, K + 1]`, pred_masks `[Q, t, h, w]`), in order.
@@ -346,18 +365,19 @@ def link_clips(clips: Sequence[tuple[np.ndarray, np.ndarray]], starts: Sequence[
     num_frames: T of the video.
 
   Returns:
-    (pred_logits `[Q, K + 1]`, pred_masks `[Q, T, h, w]`), as the model's output for the
-    whole video (for `video_panoptic_inference` and `inference_video`).
+    (pred_logits `[N, K + 1]`, pred_masks `[N, T, h, w]`), N >= Q tubes, as the model's
+    output for the whole video (for `video_panoptic_inference` and `inference_video`).
   """
   from scipy import optimize  # pylint: disable=g-import-not-at-top
   if len(clips) != len(starts) or not clips:
     raise ValueError(f"link_clips: {len(clips)} clips but {len(starts)} starts")
   logits0, masks0 = (np.asarray(x, np.float32) for x in clips[0])
   num_queries, clip_len, h, w = masks0.shape
-  mask_sum = np.zeros((num_queries, num_frames, h, w), np.float32)
-  count = np.zeros(num_frames, np.int32)
-  logit_sum = np.zeros_like(logits0)
-  previous = None  # (start, masks [Q, t, h, w]) of the previous clip in video-tube order
+  num_classes = logits0.shape[1] - 1
+  tube_logits, tube_clips = [], []  # per tube: summed class logits, clip count
+  mask_sum = []  # per tube: [T, h, w]
+  frame_count = []  # per tube: [T]
+  previous = None  # (start, masks [Q, t, h, w], tube index of each query)
   for (logits, masks), start in zip(clips, starts):
     logits, masks = np.asarray(logits, np.float32), np.asarray(masks, np.float32)
     if masks.shape != (num_queries, clip_len, h, w) or logits.shape != logits0.shape:
@@ -366,30 +386,57 @@ def link_clips(clips: Sequence[tuple[np.ndarray, np.ndarray]], starts: Sequence[
     if start < 0 or start + clip_len > num_frames:
       raise ValueError(f"link_clips: clip frames {start}..{start + clip_len - 1} outside the "
                        f"video's {num_frames}")
+    tube_of = np.full(num_queries, -1, np.int64)
     if previous is not None:
-      prev_start, prev_masks = previous
+      prev_start, prev_masks, prev_tubes = previous
       lo, hi = start, min(prev_start + clip_len, start + clip_len)
       if hi <= lo:
         raise ValueError(f"link_clips: the clip at frame {start} does not overlap the previous "
                          f"one (frames {prev_start}..{prev_start + clip_len - 1})")
       a = prev_masks[:, lo - prev_start:hi - prev_start].reshape(num_queries, -1) > 0
       b = masks[:, lo - start:hi - start].reshape(num_queries, -1) > 0
-      p = np.exp(logit_sum / np.maximum(count_clips, 1))
-      p /= p.sum(-1, keepdims=True)
-      q = np.exp(logits - logits.max(-1, keepdims=True))
-      q /= q.sum(-1, keepdims=True)
-      cost = -(_binary_iou(a, b) + 1e-3 * (p @ q.T))  # [tubes, queries]
-      rows, cols = optimize.linear_sum_assignment(cost)
-      order = np.empty(num_queries, np.int64)
-      order[rows] = cols  # tube r continues with query order[r]
-      logits, masks = logits[order], masks[order]
-      count_clips += 1
-    else:
-      count_clips = 1
-    logit_sum += logits
-    mask_sum[:, start:start + clip_len] += masks
-    count[start:start + clip_len] += 1
-    previous = (start, masks)
-  if (count == 0).any():
-    raise ValueError(f"link_clips: frames {np.flatnonzero(count == 0).tolist()} are in no clip")
-  return logit_sum / count_clips, mask_sum / count[None, :, None, None]
+      iou = _binary_iou(a, b)  # [previous queries, queries]
+      rows, cols = optimize.linear_sum_assignment(-iou)
+      for r, c in zip(rows, cols):
+        if iou[r, c] > 0 and prev_tubes[r] >= 0:
+          tube_of[c] = prev_tubes[r]
+    for q in range(num_queries):
+      if tube_of[q] < 0 and (previous is None or logits[q].argmax() != num_classes):
+        tube_of[q] = len(tube_logits)
+        tube_logits.append(np.zeros(num_classes + 1, np.float32))
+        tube_clips.append(0)
+        mask_sum.append(np.zeros((num_frames, h, w), np.float32))
+        frame_count.append(np.zeros(num_frames, np.int32))
+      if tube_of[q] >= 0:
+        n = tube_of[q]
+        tube_logits[n] += logits[q]
+        tube_clips[n] += 1
+        mask_sum[n][start:start + clip_len] += masks[q]
+        frame_count[n][start:start + clip_len] += 1
+    previous = (start, masks, tube_of)
+  covered = np.zeros(num_frames, bool)
+  for start in starts:
+    covered[start:start + clip_len] = True
+  if not covered.all():
+    raise ValueError(f"link_clips: frames {np.flatnonzero(~covered).tolist()} are in no clip")
+  count = np.stack(frame_count)[:, :, None, None]  # [N, T, 1, 1]
+  masks = np.where(count > 0, np.stack(mask_sum) / np.maximum(count, 1), ABSENT_LOGIT)
+  logits = np.stack(tube_logits) / np.asarray(tube_clips, np.float32)[:, None]
+  return logits.astype(np.float32), masks.astype(np.float32)
+
+
+def frame_segments(result: dict[str, Any], category_ids: Sequence[int] | None = None
+                   ) -> list[list[dict[str, Any]]]:
+  """`video_panoptic_inference`'s result -> per frame [{"id", "category_id", "isthing"}] of
+  the segments present in that frame (VIPSeg's per-frame segments_info); `category_ids` maps
+  contiguous classes to the dataset's ids (None: kept)."""
+  by_id = {s["id"]: s for s in result["segments_info"]}
+  out = []
+  for ids in result["frame_segments"]:
+    frame = []
+    for i in ids:
+      s = by_id[i]
+      category = s["category_id"] if category_ids is None else int(category_ids[s["category_id"]])
+      frame.append({"id": int(i), "category_id": int(category), "isthing": int(s["isthing"])})
+    out.append(frame)
+  return out

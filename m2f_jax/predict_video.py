@@ -96,6 +96,35 @@ def frame_overlays(frames: np.ndarray, result: dict[str, Any], class_names: list
   return out
 
 
+def panoptic_overlays(frames: np.ndarray, panoptic: dict[str, Any], class_names: list[str]
+                      ) -> list[PIL.Image.Image]:
+  """One overlay per frame of `inference_video.video_panoptic_inference`'s result; a segment
+  keeps its id, so its colour, in every frame."""
+  labels = {s["id"]: class_names[s["category_id"]] for s in panoptic["segments_info"]}
+  return [visualize.overlay(frame, ids, labels) for frame, ids in zip(frames, panoptic["panoptic"])]
+
+
+def write_vipseg_video(pan_pred: str, video_name: str, frame_names: list[str],
+                       panoptic: dict[str, Any], *, category_ids=None) -> dict[str, Any]:
+  """Writes one video's panoptic result in VIPSeg's submission layout: `pan_pred/<video>/
+  <frame>.png` (RGB-encoded ids, id = R + 256 G + 256^2 B); returns its pred.json entry
+  {"video_id", "annotations": [{"file_name", "segments_info": [{"id", "category_id",
+  "isthing"}]}] (one per frame; category ids mapped through `category_ids`)}."""
+  from m2f_jax.data import panoptic_png  # pylint: disable=g-import-not-at-top
+  if len(frame_names) != len(panoptic["panoptic"]):
+    raise ValueError(f"video {video_name}: {len(frame_names)} frame names for "
+                     f"{len(panoptic['panoptic'])} frames")
+  folder = os.path.join(pan_pred, video_name)
+  os.makedirs(folder, exist_ok=True)
+  annotations = []
+  segments = inference_video.frame_segments(panoptic, category_ids)
+  for name, ids, frame_segments in zip(frame_names, panoptic["panoptic"], segments):
+    file_name = os.path.splitext(name)[0] + ".png"
+    panoptic_png.write_panoptic_png(os.path.join(folder, file_name), ids)
+    annotations.append({"file_name": file_name, "segments_info": frame_segments})
+  return {"video_id": video_name, "annotations": annotations}
+
+
 def save_gif(images: list[PIL.Image.Image], path: str, *, frame_ms: int = 200) -> None:
   images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
 

@@ -53,10 +53,11 @@ def test_dataset_specs_are_consistent():
   for name, spec in datasets.DATASETS.items():
     assert spec.name == name
     assert spec.augmentation in transforms.AUGMENTATIONS + video_pipeline.AUGMENTATIONS
-    assert spec.task in ("semantic", "instance", "panoptic", "video_instance")
+    tasks = ("semantic", "instance", "panoptic", "video_instance", "video_panoptic")
+    assert spec.task in tasks
     assert (spec.builder is None) != (spec.memory_source is None), name
     for task, names in spec.evaluators.items():
-      assert task in ("semantic", "instance", "panoptic") and set(names) <= set(
+      assert task in tasks and set(names) <= set(
           evaluation.EVALUATORS), name
 
 

@@ -212,3 +212,28 @@ def test_linked_clips_equal_whole_video_inference(panoptic_video):
     assert all(category[rename[s["id"]]] == s["category_id"] for s in got["segments_info"])
   with pytest.raises(ValueError, match="does not overlap"):
     iv.link_clips([model.clip(0, 2), model.clip(2, 2)], [0, 2], 4)
+
+
+def test_link_clips_starts_tubes_for_new_objects():
+  """Clips [0, 3) and [2, 5) of Q = 3 queries, K = 1: a tube present in the shared frame 2
+  links; an object entering at frame 4 starts a new tube; an unlinked no-object query is
+  dropped; a tube's frames outside its clips are ABSENT_LOGIT."""
+  on, off = 5.0, -5.0
+  a_logits = np.array([[4.0, 0.0], [4.0, 0.0], [0.0, 4.0]], np.float32)  # 2 objects, 1 none
+  a = np.full((3, 3, 2, 2), off, np.float32)
+  a[0, :, 0, 0] = on  # object 0 in every frame
+  a[1, :2, 1, 1] = on  # object 1 leaves after frame 1
+  b_logits = np.array([[0.0, 4.0], [4.0, 0.0], [2.0, 0.0]], np.float32)
+  b = np.full((3, 3, 2, 2), off, np.float32)
+  b[1, :, 0, 0] = on  # object 0 continues as query 1
+  b[2, 2, 1, 0] = on  # a new object at frame 4 (query 2)
+  b[0, :, 0, 1] = on  # a no-object query with a mask: not linked (no overlap), dropped
+  logits, masks = iv.link_clips([(a_logits, a), (b_logits, b)], [0, 2], 5)
+  assert logits.shape == (4, 2) and masks.shape == (4, 5, 2, 2)
+  np.testing.assert_allclose(logits[0], (a_logits[0] + b_logits[1]) / 2)
+  np.testing.assert_array_equal(masks[0, :, 0, 0], on)
+  np.testing.assert_array_equal(masks[1, 3:], iv.ABSENT_LOGIT)  # not in the second clip
+  np.testing.assert_array_equal(masks[2, 3:], iv.ABSENT_LOGIT)  # the first clip's no-object
+  np.testing.assert_allclose(logits[3], b_logits[2])
+  np.testing.assert_array_equal(masks[3, :2], iv.ABSENT_LOGIT)
+  assert masks[3, 4, 1, 0] == on

@@ -5,6 +5,8 @@
   instance.InstanceEvaluator  -> {"segm": {"AP", "AP50", "AP75", "APs", "APm", "APl"}}
   video_instance.VideoInstanceEvaluator -> {"segm": {..., "AR1", "AR10"}} (YouTube-VIS, per
                                  video; `m2f_jax.evaluate_video`)
+  video_panoptic.VideoPanopticEvaluator -> {"video_panoptic_seg": {"VPQ", "VPQ_th", "VPQ_st",
+                                 "STQ", "AQ", "SQ"}, "vpq_windows"} (VIPSeg, per video)
 
 Each is streaming: `update(...)` per image (keyword-only), `compute()` at the end, `merge`
 to combine evaluators of several processes. `EVALUATORS` maps the names that
@@ -26,6 +28,7 @@ from m2f_jax.evaluation import instance
 from m2f_jax.evaluation import pq
 from m2f_jax.evaluation import semantic
 from m2f_jax.evaluation import video_instance
+from m2f_jax.evaluation import video_panoptic
 
 
 def _update_semantic(metric, result, annotation, image_id):
@@ -65,13 +68,22 @@ def _update_video_instance(metric, result, annotation, image_id):
                 length=annotation["length"])
 
 
+def _update_video_panoptic(metric, result, annotation, image_id):
+  """One video: `result["video_panoptic"]` {"ids": [T, H, W], "segments": per frame [{"id",
+  "category_id"}]} and `annotation["panoptic_ground_truth"]` of the same form (+ "iscrowd")."""
+  pred, gt = result["video_panoptic"], annotation["panoptic_ground_truth"]
+  metric.update(video_id=image_id, gt_ids=gt["ids"], gt_segments=gt["segments"],
+                pred_ids=pred["ids"], pred_segments=pred["segments"])
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluatorSpec:
   """One metric: the post-processing output it reads, how to build and feed it.
 
   Attributes:
     needs: the key of `inference.postprocess` results it reads ("sem_seg", "panoptic_seg"
-      or "instances"), or "video_instances" (one video's `inference_video.to_results`).
+      or "instances"), or "video_instances" (one video's `inference_video.to_results`) or
+      "video_panoptic" (one video's id maps and per-frame segments).
     make: `make(categories=..., ignore_label=...)` -> the streaming metric.
     update: `update(metric, result, annotation, image_id)` for one image; returns a name
       of the ground truth it used when there is a choice (counted in the report under
@@ -104,6 +116,12 @@ EVALUATORS: dict[str, EvaluatorSpec] = {
         make=lambda *, categories, ignore_label: video_instance.VideoInstanceEvaluator(
             categories=categories),
         update=_update_video_instance),
+    # `windows`: VPQ's window lengths (VIPSeg's 1, 2, 4, 6, 8 frames by default).
+    "video_panoptic": EvaluatorSpec(
+        needs="video_panoptic",
+        make=lambda *, categories, ignore_label, windows=video_panoptic.WINDOWS: (
+            video_panoptic.VideoPanopticEvaluator(categories=categories, windows=windows)),
+        update=_update_video_panoptic),
 }
 
 
@@ -111,12 +129,12 @@ class ImageEvaluator:
   """One metric of `EVALUATORS` behind the update / merge / compute interface."""
 
   def __init__(self, name: str, *, categories: Sequence[Mapping[str, Any]],
-               ignore_label: int = 255):
+               ignore_label: int = 255, **options):
     if name not in EVALUATORS:
       raise ValueError(f"unknown evaluator {name!r} in eval.evaluators: use any of "
                        f"{sorted(EVALUATORS)}")
     self.name = name  # the spec is looked up by name: evaluators pickle (multi-host merge)
-    self.metric = self.spec.make(categories=categories, ignore_label=ignore_label)
+    self.metric = self.spec.make(categories=categories, ignore_label=ignore_label, **options)
     self.ground_truth = collections.Counter()  # images per ground-truth source
 
   @property
@@ -142,5 +160,11 @@ class ImageEvaluator:
 
 
 def make_evaluators(names: Sequence[str], *, categories: Sequence[Mapping[str, Any]],
-                    ignore_label: int = 255) -> list[ImageEvaluator]:
-  return [ImageEvaluator(n, categories=categories, ignore_label=ignore_label) for n in names]
+                    ignore_label: int = 255,
+                    options: Mapping[str, Mapping[str, Any]] | None = None
+                    ) -> list[ImageEvaluator]:
+  """`options`: per evaluator name, extra arguments of its `make` (e.g. {"video_panoptic":
+  {"windows": (1, 2, 4)}})."""
+  options = options or {}
+  return [ImageEvaluator(n, categories=categories, ignore_label=ignore_label,
+                         **options.get(n, {})) for n in names]
