@@ -9,6 +9,8 @@ one.
 `load_for_inference(path)` reads a model directory or a training checkpoint step
 (`WORKDIR/checkpoints/STEP`, written by `m2f_jax.training.checkpoints`): only the weights
 are restored, so `eval.py`, `predict` and notebooks need nothing of training.
+`load_checked` does the same for the entry points: a missing or damaged checkpoint, or one of
+another architecture than its config's model, is one `CheckpointError` line.
 """
 
 import json
@@ -20,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from m2f_jax import config_lib
+from m2f_jax import errors
 from m2f_jax import sharding
 from m2f_jax.atomic_dir import atomic_directory
 from m2f_jax.models.mask2former import abstract_variables
@@ -62,7 +65,10 @@ def load_config(directory: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} not found: {directory} is not an m2f_jax checkpoint "
                             "(make one with `python -m m2f_jax.convert`)")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except ValueError as e:
+      raise ValueError(f"{path}: not the JSON of a config ({e})") from e
 
 
 def load_model(directory: str):
@@ -111,3 +117,82 @@ def load_for_inference(path: str, config: ml_collections.ConfigDict | None = Non
         "checkpoint step (WORKDIR/checkpoints/STEP with state/)")
   config = config if config is not None else stored
   return config, build_model(config.model), variables
+
+
+def _config_path(path: str) -> str:
+  """The config.json that goes with a model directory or a training checkpoint step."""
+  if os.path.isdir(os.path.join(path, STATE_DIR)):
+    return os.path.join(os.path.dirname(os.path.dirname(path)), CONFIG_FILE)
+  return os.path.join(path, CONFIG_FILE)
+
+
+def _shapes(tree) -> dict:
+  """{"['params']['...']": shape} of the variables in `tree` (no empty collections)."""
+  tree = {k: v for k, v in dict(tree).items()
+          if k in ("params", "batch_stats") and jax.tree.leaves(v)}
+  return {jax.tree_util.keystr(k): tuple(x.shape)
+          for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _stored_shapes(path: str) -> dict:
+  """The shapes of the weights a checkpoint holds, from its metadata (no array is read)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top  (Orbax's path type)
+  folder = VARIABLES_DIR if os.path.isdir(os.path.join(path, VARIABLES_DIR)) else STATE_DIR
+  # The handler's metadata: the checkpointer's warns that a training step's state/ has no
+  # _CHECKPOINT_METADATA (its CheckpointManager keeps that one level up).
+  metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(os.path.join(path, folder)))
+  return _shapes(getattr(metadata, "tree", metadata))
+
+
+def _first_difference(got: dict, want: dict) -> str | None:
+  """`NAME is A in the checkpoint, B in the model` for the first tensor that differs."""
+  name = next((k for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)), None)
+  if name is None:
+    return None
+  return (f"{name} is {got.get(name, 'absent')} in the checkpoint, "
+          f"{want.get(name, 'absent')} in the model")
+
+
+def load_checked(path: str, config: ml_collections.ConfigDict | None = None, *,
+                 flag: str = "--checkpoint"):
+  """`load_for_inference(path, config)`, every failure one `errors.CheckpointError` line.
+
+  What the line names: a path that is not a checkpoint; a checkpoint of another architecture
+  than `config`'s model (or, without `config`, than the model of its own config.json: that
+  file was replaced), with the first tensor that differs; a damaged checkpoint (a file
+  missing, truncated or garbled), with the error of the file that does not restore.
+  """
+  path = os.path.abspath(path)
+  whose = ("the config's model" if config is not None else
+           f"the model of its config {_config_path(path)}")
+  advice = ("use it with its own config (omit --config) or the matching one"
+            if config is not None else "put back the config.json it was trained with")
+  try:
+    with errors.closed_loop_callbacks_to(None):  # a failed read's TensorStore tracebacks
+      config, model, variables = load_for_inference(path, config)
+  except Exception as e:  # pylint: disable=broad-except  (damaged, or another architecture)
+    weights = (os.path.isdir(os.path.join(path, VARIABLES_DIR))
+               or os.path.isdir(os.path.join(path, STATE_DIR)))
+    if isinstance(e, FileNotFoundError) and not (weights and os.path.isfile(_config_path(path))):
+      raise errors.CheckpointError(f"{flag}: {e}") from e  # not a checkpoint, no config.json
+    try:
+      stored = _stored_shapes(path)
+      model = build_model((config or load_config(os.path.dirname(_config_path(path)))).model)
+      difference = _first_difference(stored, _shapes(abstract_variables(model)))
+    except Exception:  # pylint: disable=broad-except  (its metadata or config unreadable too)
+      difference = None
+    if difference is None:
+      raise errors.CheckpointError(
+          f"{flag} {path}: its weights do not restore ({type(e).__name__}: "
+          f"{errors.one_line(e, 1)[:200]}); the checkpoint is damaged (a file missing, "
+          "truncated or garbled): use another step, or write it again") from e
+    raise errors.CheckpointError(f"{flag} {path} is another architecture than {whose}: "
+                                 f"{difference}; {advice}") from e
+  try:  # `config` given, or a training step restored partially (tensors the model lacks)
+    difference = _first_difference(_stored_shapes(path), _shapes(abstract_variables(model)))
+  except Exception:  # pylint: disable=broad-except  (a model of other inputs: not compared)
+    difference = None
+  if difference is not None:
+    raise errors.CheckpointError(f"{flag} {path} is another architecture than {whose}: "
+                                 f"{difference}; {advice}")
+  return config, model, variables

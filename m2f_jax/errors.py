@@ -12,6 +12,7 @@ printed only with `--verbose` or the environment variable `M2F_VERBOSE=1`.
 """
 
 import contextlib
+import datetime
 import logging
 import os
 import re
@@ -96,6 +97,50 @@ def quiet_background_errors():
     return
   for name in ("absl", "asyncio"):
     logging.getLogger(name).addFilter(_BackgroundErrors())
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+  """TensorStore's completion callback of a read or write whose event loop is closed."""
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+@contextlib.contextmanager
+def closed_loop_callbacks_to(log_path: str | None):
+  """Within the block, TensorStore's `Event loop is closed` tracebacks go to `log_path`.
+
+  When one read or write of an Orbax checkpoint fails (a full or read-only disk, a truncated
+  file), Orbax's coroutine raises and its event loop is closed while TensorStore's other
+  reads or writes are still in flight; each of them then completes on a TensorStore (native)
+  thread whose callback calls `loop.call_soon_threadsafe` on the closed loop, and TensorStore
+  prints that `RuntimeError: Event loop is closed` through `sys.unraisablehook` (with no
+  object), often before the main thread has the failure to report. Those are appended to
+  `log_path` (dropped if it is None or cannot be written: the disk may be full) unless
+  --verbose / M2F_VERBOSE=1; every other unraisable exception goes to the previous hook.
+  The hook is put back when the block ends normally; after an exception it stays, as the
+  failed operation's callbacks may still come.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable) or verbose():
+      previous(unraisable)
+      return
+    if log_path is None:
+      return
+    try:
+      with open(log_path, "a") as f:
+        f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} pid {os.getpid()}: "
+                "a TensorStore callback after a failed checkpoint read or write\n")
+        f.writelines(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                                unraisable.exc_traceback))
+    except OSError:
+      pass
+
+  sys.unraisablehook = hook
+  yield
+  if sys.unraisablehook is hook:
+    sys.unraisablehook = previous
 
 
 def _silence_exit():

@@ -22,7 +22,9 @@ extension in it (x.jpg.*, x.png.*). Per image, in --output:
 and once: categories.json            [{"id", "class_index", "name", "isthing", "color"}]
 Every "category_id" is the dataset's own category id ("id" of categories.json: for COCO,
 COCO's ids), not the model's class index. An image that cannot be read is reported and
-skipped; the others are still processed (the exit status is 1 if any failed).
+skipped; the others are still processed (the exit status is 1 if any failed). A checkpoint
+that is missing, damaged, or of another architecture than its config's model stops the run
+in one or two lines (exit status 2); --verbose (or M2F_VERBOSE=1) adds the traceback.
 """
 
 import argparse
@@ -35,6 +37,7 @@ import PIL.Image
 
 from m2f_jax import checkpoint
 from m2f_jax import data
+from m2f_jax import errors
 from m2f_jax import inference
 from m2f_jax import visualize
 from m2f_jax.data import panoptic_png
@@ -158,17 +161,15 @@ def main(argv=None) -> int:
                       "(m2f_jax/predict_video.py)")
   parser.add_argument("--output", required=True)
   parser.add_argument("images", nargs="+", help="image files and folders of images")
+  parser.add_argument("--verbose", action="store_true", help="Print tracebacks of user "
+                      f"errors (also: {errors.VERBOSE_ENV}=1).")
   args = parser.parse_args(argv)
   if args.task == "video_instance":  # folders of frames: overlays, GIFs, YouTube-VIS results
     from m2f_jax import predict_video  # pylint: disable=g-import-not-at-top
     return predict_video.main(args)
 
   import jax  # pylint: disable=g-import-not-at-top
-  try:
-    config, model, variables = checkpoint.load_for_inference(args.checkpoint)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  config, model, variables = checkpoint.load_checked(args.checkpoint)  # or CheckpointError
   categories = data.categories(config.data, config.model.num_classes)
   isthing = [bool(c["isthing"]) for c in categories]
   e = config.eval
@@ -204,4 +205,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with errors.reporting():
+    sys.exit(main())

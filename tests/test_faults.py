@@ -309,6 +309,60 @@ def test_eval_missing_checkpoint_is_one_line(tmp_path):
   _assert_error_lines(run, "nothing.* is neither a model directory")
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  """A model directory of the tiny config (random weights; the format convert writes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from m2f_jax.models import mask2former  # pylint: disable=g-import-not-at-top
+  config = _tiny()
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype),
+                           mask2former.abstract_variables(mask2former.build_model(config.model)))
+  return pathlib.Path(checkpoint.save_model(str(tmp_path_factory.mktemp("model") / "tiny"),
+                                            config, variables))
+
+
+def _predict(checkpoint, tmp_path, *flags) -> subprocess.Popen:
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  image = tmp_path / "image.png"
+  PIL.Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(image)
+  return _start(["-m", "m2f_jax.predict", f"--checkpoint={checkpoint}", "--task=panoptic",
+                 f"--output={tmp_path / 'out'}", image, *flags])
+
+
+def test_predict_of_a_missing_damaged_or_other_checkpoint_is_one_line(model_dir, tmp_path):
+  """What, where and what to do, in one or two lines (status 2), before any output."""
+  cases = {"missing": tmp_path / "nothing"}
+  for name in ("other", "truncated", "no_metadata"):
+    cases[name] = tmp_path / name
+    shutil.copytree(model_dir, cases[name])
+  config = json.loads((model_dir / "config.json").read_text())
+  config["model"]["num_queries"] = 8  # weights of 16 queries, the config of 8
+  (cases["other"] / "config.json").write_text(json.dumps(config))
+  data = max((cases["truncated"] / "variables").rglob("d/*"), key=os.path.getsize)
+  with open(data, "r+b") as f:
+    f.truncate(100)
+  os.remove(cases["no_metadata"] / "variables" / "_METADATA")
+  procs = {name: _predict(path, tmp_path / f"{name}_out") for name, path in cases.items()}
+  runs = {name: _finish(proc, returncode=None) for name, proc in procs.items()}
+  _assert_error_lines(runs["missing"], r"^error: --checkpoint: .*/nothing is neither a model "
+                                       r"directory \(config\.json \+ variables/\) nor a "
+                                       r"training checkpoint step")
+  _assert_error_lines(runs["other"], rf"--checkpoint {cases['other']} is another architecture "
+                                     rf"than the model of its config {cases['other']}/config"
+                                     r"\.json: \['params'\]\S+ is \(\d+(, \d+)*\) in the "
+                                     r"checkpoint, \(\d+(, \d+)*\) in the model; put back")
+  for name in ("truncated", "no_metadata"):
+    _assert_error_lines(runs[name], rf"--checkpoint {cases[name]}: its weights do not restore "
+                                    r"\(\w+: .+\); the checkpoint is damaged")
+  for name in cases:
+    assert not (tmp_path / f"{name}_out" / "out").exists(), name
+  # The intact model directory predicts (the same command).
+  run = _finish(_predict(model_dir, tmp_path / "intact"))
+  assert (tmp_path / "intact" / "out" / "image.panoptic.png").is_file(), run.stdout
+
+
 def test_reports_are_strict_json_and_atomic(tmp_path):
   from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
   path = tmp_path / "eval_results.json"

@@ -15,15 +15,12 @@ to `WORKDIR/checkpoint_errors.log` (`background_errors_logged`).
 """
 
 import contextlib
-import datetime
 import errno
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
-import traceback
 
 from absl import logging
 import jax
@@ -54,46 +51,16 @@ def checkpoint_manager(workdir: str, train_cfg) -> ocp.CheckpointManager:
                                            enable_async_checkpointing=True, create=True))
 
 
-def _is_closed_loop_callback(unraisable) -> bool:
-  """TensorStore's completion callback of a write whose Orbax event loop is already closed."""
-  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed")
-
-
 @contextlib.contextmanager
 def background_errors_logged(workdir: str):
-  """Within the block, a failed write's `Event loop is closed` tracebacks go to a file.
+  """A failed write's `Event loop is closed` tracebacks go to WORKDIR/checkpoint_errors.log.
 
-  When one write of a checkpoint fails (full or read-only disk), Orbax's save coroutine
-  raises and its event loop is closed while TensorStore's other writes are still in flight;
-  each of them then completes on a TensorStore (native) thread whose callback calls
-  `loop.call_soon_threadsafe` on the closed loop, and TensorStore prints that `RuntimeError:
-  Event loop is closed` through `sys.unraisablehook` (with no object), often before the
-  main thread has the failure to report. Those go to WORKDIR/checkpoint_errors.log (dropped
-  if it cannot be written: the disk may be full) unless --verbose / M2F_VERBOSE=1; every
-  other unraisable exception goes to the previous hook. The hook is put back when the block
-  ends normally; after an exception it stays, as the failed write's callbacks may still come.
+  See `errors.closed_loop_callbacks_to`: when a write fails (full or read-only disk),
+  TensorStore's callbacks of the other writes print them, often before the main thread has
+  the failure to report in one line.
   """
-  previous = sys.unraisablehook
-  path = os.path.join(os.path.abspath(workdir), ERRORS_LOG)
-
-  def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable) or errors.verbose():
-      previous(unraisable)
-      return
-    try:
-      with open(path, "a") as f:
-        f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} pid {os.getpid()}: "
-                "a TensorStore callback of a failed checkpoint write\n")
-        f.writelines(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
-                                                unraisable.exc_traceback))
-    except OSError:
-      pass
-
-  sys.unraisablehook = hook
-  yield
-  if sys.unraisablehook is hook:
-    sys.unraisablehook = previous
+  with errors.closed_loop_callbacks_to(os.path.join(os.path.abspath(workdir), ERRORS_LOG)):
+    yield
 
 
 def _write_error(manager, step, err: BaseException) -> CheckpointError:
