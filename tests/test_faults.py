@@ -380,6 +380,72 @@ def test_reports_are_strict_json_and_atomic(tmp_path):
   assert json.loads(path.read_text()) == loaded and os.listdir(tmp_path) == [path.name]
 
 
+def _strict(text: str):
+  def reject(name):
+    raise ValueError(f"not strict JSON: {name}")
+  return json.loads(text, parse_constant=reject)
+
+
+def test_metric_clis_write_strict_json_atomically(tmp_path, monkeypatch):
+  """`python -m m2f_jax.evaluation.panoptic` / `.video_instance --output`: null, never NaN."""
+  from m2f_jax.data import panoptic_png  # pylint: disable=g-import-not-at-top
+  from m2f_jax.evaluation import panoptic  # pylint: disable=g-import-not-at-top
+  from m2f_jax.evaluation import video_instance  # pylint: disable=g-import-not-at-top
+  # Panoptic: no stuff segment anywhere, so the Stuff group's PQ, SQ and RQ are undefined.
+  ids = np.zeros((4, 6), np.uint32)
+  ids[:, :3] = 7
+  for folder in ("gt", "pred"):
+    (tmp_path / folder).mkdir()
+    panoptic_png.write_panoptic_png(tmp_path / folder / "a.png", ids)
+  segments = [{"id": 7, "category_id": 1, "iscrowd": 0, "area": 12}]
+  (tmp_path / "gt.json").write_text(json.dumps({
+      "categories": [{"id": 1, "isthing": 1, "name": "cat"}, {"id": 2, "isthing": 0,
+                                                             "name": "sky"}],
+      "images": [{"id": 0, "file_name": "a.jpg"}],
+      "annotations": [{"image_id": 0, "file_name": "a.png", "segments_info": segments}]}))
+  (tmp_path / "pred.json").write_text(json.dumps({"annotations": [
+      {"image_id": 0, "file_name": "a.png", "segments_info": segments}]}))
+  out = tmp_path / "pq.json"
+  flags = ["--gt-json", str(tmp_path / "gt.json"), "--gt-folder", str(tmp_path / "gt"),
+           "--pred-json", str(tmp_path / "pred.json"), "--pred-folder", str(tmp_path / "pred"),
+           "--output", str(out)]
+  panoptic.main(flags)
+  report = _strict(out.read_text())
+  assert report["panoptic_seg"]["PQ"] == 100.0 and report["panoptic_seg"]["PQ_st"] is None
+  # Video instance: no prediction at all, so every metric is undefined.
+  evaluator = video_instance.VideoInstanceEvaluator(categories=[{"id": 0, "name": "x"}])
+  mask = np.zeros((8, 8), np.uint8)
+  mask[2:6, 2:6] = 1
+  evaluator.update(video_id=0, predictions=[], height=8, width=8, length=1, ground_truth=[
+      {"id": 1, "category_id": 0, "iscrowd": 0, "areas": [16],
+       "segmentations": [_rle(mask)]}])
+  (tmp_path / "vis_gt.json").write_text(json.dumps(evaluator.ground_truth_json()))
+  (tmp_path / "vis_pred.json").write_text("[]")
+  vis = tmp_path / "vis.json"
+  vis_flags = ["--gt-json", str(tmp_path / "vis_gt.json"), "--pred-json",
+               str(tmp_path / "vis_pred.json"), "--output", str(vis)]
+  assert video_instance.main(vis_flags) == 0
+  assert set(_strict(vis.read_text())["segm"].values()) == {None}
+  # A failure while writing leaves the previous reports, and no temporary file.
+  before = {p.name: p.read_text() for p in (out, vis)}
+  listing = sorted(os.listdir(tmp_path))
+  def fail(*_):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(os, "replace", fail)
+  with pytest.raises(OSError):
+    panoptic.main(flags)
+  with pytest.raises(OSError):
+    video_instance.main(vis_flags)
+  assert {p.name: p.read_text() for p in (out, vis)} == before
+  assert sorted(os.listdir(tmp_path)) == listing
+
+
+def _rle(mask: np.ndarray) -> dict:
+  from m2f_jax.evaluation import instance  # pylint: disable=g-import-not-at-top
+  rle = instance.mask_to_rle(mask[None])[0]
+  return {"size": rle["size"], "counts": rle["counts"]}
+
+
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])
 def test_images_of_odd_modes(tmp_path, mode):
   """Dataset building and predict read grayscale, palette, alpha, CMYK, 16-bit and 1-bit

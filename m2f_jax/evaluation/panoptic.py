@@ -18,6 +18,7 @@ import sys
 from typing import Any, Sequence
 
 from m2f_jax.data.panoptic_png import read_panoptic_png
+from m2f_jax.evaluation import reports
 from m2f_jax.evaluation.pq import add_stats
 from m2f_jax.evaluation.pq import categories_dict
 from m2f_jax.evaluation.pq import detectron2_report
@@ -90,9 +91,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "per_class": {str(k): {key.upper(): 100 * v[key] for key in ("pq", "sq", "rq")}
                     for k, v in results["per_class"].items()},
   }
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump(report, f, indent=2)
+  if args.output:  # strict JSON (an empty group's NaN as null), atomically
+    reports.write_report(args.output, report)
     print(f"Wrote {args.output}")
   return report
 

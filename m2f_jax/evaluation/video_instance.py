@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_util
 
+from m2f_jax.evaluation import reports
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10")
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # [T]
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # [R]
@@ -409,9 +411,8 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(format_report(report))
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump(report, f, indent=2)
+  if args.output:  # strict JSON (undefined metrics as null), atomically
+    reports.write_report(args.output, report)
     print(f"wrote {args.output}")
   return 0
 
