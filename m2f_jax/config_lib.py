@@ -214,6 +214,13 @@ def eval_config(dataset: str, task: str) -> ml_collections.ConfigDict:
       # official ones, which pad each image to a multiple of 32); None: the official padding.
       pad_size=ml_collections.FieldReference(None, field_type=tuple),
       object_mask_threshold=0.8, overlap_threshold=0.8, instance_topk=100,
+      # Video: frames per forward pass (0: the whole video at once); longer videos run as
+      # clips of that many frames overlapping by clip_overlap, their tubes linked
+      # (m2f_jax/inference_video.py: link_clips). One compiled shape whatever the length.
+      clip_frames=0, clip_overlap=2,
+      # Video panoptic: VPQ's window lengths in frames (VIPSeg's; a window longer than a
+      # video adds nothing for it: m2f_jax/evaluation/video_panoptic.py).
+      vpq_windows=(1, 2, 4, 6, 8),
       # Metrics, by name of m2f_jax.evaluation.EVALUATORS ("semantic": mIoU, "panoptic": PQ,
       # "instance": mask AP); post-processing computes what they need.
       evaluators=evaluators,

@@ -164,7 +164,7 @@ def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
     seconds["data"] += t_forward - t_data
     logits, masks = video_outputs(forward, variables, video["images"],
                                   clip_frames=int(e.get("clip_frames") or 0),
-                                  clip_overlap=int(e.get("clip_overlap") or 1))
+                                  clip_overlap=int(e.get("clip_overlap") or 0))
     t_post = time.perf_counter()
     seconds["forward"] += t_post - t_forward
     sizes = dict(padded_size=video["images"].shape[2:4], image_size=tuple(video["image_size"]),

@@ -323,9 +323,9 @@ def clip_starts(num_frames: int, clip_frames: int, overlap: int) -> list[int]:
   """First frames of the clips of `clip_frames` frames that cover `num_frames` frames, each
   overlapping the previous by at least `overlap` frames (the last one ends at the last frame,
   so every clip has the same length: one compiled shape). A video that fits is one clip."""
-  if clip_frames < 1 or not 0 <= overlap < clip_frames:
-    raise ValueError(f"clips of {clip_frames} frames overlapping by {overlap}: need "
-                     "clip_frames >= 1 and 0 <= overlap < clip_frames")
+  if not 1 <= overlap < clip_frames:
+    raise ValueError(f"clips of {clip_frames} frames overlapping by {overlap}: linking needs "
+                     "1 <= overlap < clip_frames (eval.clip_frames, eval.clip_overlap)")
   if num_frames <= clip_frames:
     return [0]
   stride = clip_frames - overlap

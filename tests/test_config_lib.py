@@ -17,6 +17,7 @@ VARIANTS = {
     "ade20k_semantic": ["r50", "swin_l"], "cityscapes_semantic": ["r50"],
     "cityscapes_panoptic": ["r50"], "custom": ["tiny", "r50", "swin_l"],
     "ytvis_2019": ["r50", "swin_l"], "ytvis_2021": ["r50", "swin_l"], "synthetic_video": [""],
+    "vipseg": ["r50", "swin_l"],
 }
 
 

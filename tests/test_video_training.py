@@ -73,7 +73,10 @@ def test_train_step_on_clip_batches(state_and_step):
 
 def test_video_model_initialized_from_image_checkpoint(state_and_step, tmp_path):
   config, _, state, _ = state_and_step
-  image_config = config_lib.load_config_file("configs/tiny.py")  # 7 classes, an image model
+  image_config = config_lib.load_config_file("configs/tiny.py")  # an image model
+  num_classes = config.model.num_classes + 2  # another dataset's classes
+  image_config.model.num_classes = num_classes
+  image_config.data.class_names = [f"class_{i}" for i in range(num_classes)]
   image_model = build_model(image_config.model)
   image_vars = image_model.init(jax.random.PRNGKey(5), jnp.zeros((1, SIZE, SIZE, 3)))
   directory = checkpoint.save_model(str(tmp_path / "image"), image_config, image_vars)
