@@ -3,6 +3,7 @@ r"""Segments images with a checkpoint; writes overlays and machine-readable resu
   python -m m2f_jax.predict --checkpoint DIR --task panoptic a.jpg b.png --output out/
   python -m m2f_jax.predict --checkpoint DIR --task panoptic photos/ --output out/
   python -m m2f_jax.predict --checkpoint DIR --task video_instance frames/vid_a --output out/
+  python -m m2f_jax.predict --checkpoint DIR --task video_panoptic frames/vid_a --output out/
       (each input a folder of frames; the outputs of m2f_jax/predict_video.py)
 
 Inputs are image files and folders (searched recursively for .jpg, .jpeg, .png, .bmp, .tif,
@@ -156,15 +157,16 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--checkpoint", required=True,
                       help="model directory or training checkpoint step directory")
-  parser.add_argument("--task", choices=("semantic", "instance", "panoptic", "video_instance"),
-                      required=True, help="video_instance: each input is a folder of frames "
-                      "(m2f_jax/predict_video.py)")
+  parser.add_argument("--task", choices=("semantic", "instance", "panoptic", "video_instance",
+                                         "video_panoptic"),
+                      required=True, help="video_instance, video_panoptic: each input is a "
+                      "folder of frames (m2f_jax/predict_video.py)")
   parser.add_argument("--output", required=True)
   parser.add_argument("images", nargs="+", help="image files and folders of images")
   parser.add_argument("--verbose", action="store_true", help="Print tracebacks of user "
                       f"errors (also: {errors.VERBOSE_ENV}=1).")
   args = parser.parse_args(argv)
-  if args.task == "video_instance":  # folders of frames: overlays, GIFs, YouTube-VIS results
+  if args.task in ("video_instance", "video_panoptic"):  # folders of frames: predict_video
     from m2f_jax import predict_video  # pylint: disable=g-import-not-at-top
     return predict_video.main(args)
 

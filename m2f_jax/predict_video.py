@@ -1,7 +1,9 @@
-r"""Video instance segmentation of folders of frames; overlays, animated GIFs and results.
+r"""Video instance and video panoptic segmentation of folders of frames; overlays, animated
+GIFs and results.
 
   python -m m2f_jax.predict --checkpoint DIR --task video_instance frames/vid_a frames/vid_b \
       --output out/
+  python -m m2f_jax.predict --checkpoint DIR --task video_panoptic frames/vid_a --output out/
 
 Each FRAMES_DIR is one video: its images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp; not
 searched recursively), in the order of their file names, all of one size. The whole video goes
@@ -18,6 +20,20 @@ and once:
                              per frame}]
   videos.json                [{"id" (the results' video_id), "name", "file_names", "height",
                              "width", "length"}] (YouTube-VIS "videos")
+
+--task video_panoptic (a model trained on panoptic tubes) runs the official panoptic inference
+over the whole video's volume (`inference_video.video_panoptic_inference`: stable segment ids,
+stuff merged per class over the video) and writes, per video NAME:
+
+  NAME/<frame>.overlay.png   each frame with its segments, a segment in one colour in every
+                             frame, labelled with its class
+  NAME.gif                   those overlays as an animated GIF
+  pan_pred/NAME/<frame>.png  VIPSeg's submission layout: RGB-encoded segment ids
+and once: pred.json (VIPSeg's {"annotations": [{"video_id": NAME, "annotations": [{"file_name",
+"segments_info": [{"id", "category_id" (the dataset's id), "isthing"}]}]}]}) and videos.json.
+
+Videos longer than the config's `eval.clip_frames` (when set) run as overlapping clips whose
+tubes are linked (`evaluate_video.video_outputs`).
 
 A folder that holds no image, or an image that cannot be read or has another size, is reported
 and skipped; the other videos are still processed (the exit status is 1 if any failed).
@@ -130,9 +146,12 @@ def save_gif(images: list[PIL.Image.Image], path: str, *, frame_ms: int = 200) -
 
 
 def predict_videos(*, config, model, variables, frame_dirs: list[str], output: str,
-                   score_threshold: float = 0.5, frame_chunk: int = 4) -> int:
+                   score_threshold: float = 0.5, frame_chunk: int = 4,
+                   task: str = "video_instance") -> int:
   """Runs the video model on each folder of frames and writes the files of the module
-  docstring; returns the number of videos that failed."""
+  docstring for `task` ("video_instance" or "video_panoptic"); returns the number of videos
+  that failed."""
+  from m2f_jax import evaluate_video  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from m2f_jax import data  # pylint: disable=g-import-not-at-top
   categories = data.categories(config.data, config.model.num_classes)
@@ -141,7 +160,8 @@ def predict_videos(*, config, model, variables, frame_dirs: list[str], output: s
   e = config.eval
   forward = jax.jit(model.apply)
   os.makedirs(output, exist_ok=True)
-  results, videos, failed = [], [], 0
+  isthing = [bool(c.get("isthing", 1)) for c in categories]
+  results, videos, pan_annotations, failed = [], [], [], 0
   used = set()
   for frame_dir in frame_dirs:
     try:
@@ -157,24 +177,36 @@ def predict_videos(*, config, model, variables, frame_dirs: list[str], output: s
     x, size = prepare_video(frames, pixel_mean=config.model.pixel_mean,
                             pixel_std=config.model.pixel_std, min_size=e.get("min_size"),
                             max_size=e.get("max_size"))
-    out = forward(variables, x)
-    result = inference_video.inference_video(
-        pred_logits=np.asarray(out["pred_logits"])[0], pred_masks=np.asarray(out["pred_masks"])[0],
-        padded_size=x.shape[2:4], image_size=size, output_size=frames.shape[1:3],
-        frame_chunk=frame_chunk)
+    logits, masks = evaluate_video.video_outputs(
+        forward, variables, x, clip_frames=int(e.get("clip_frames") or 0),
+        clip_overlap=int(e.get("clip_overlap") or 0))
+    sizes = dict(padded_size=x.shape[2:4], image_size=size, output_size=frames.shape[1:3])
     video_id = len(videos)
-    results += inference_video.to_results(video_id, result, category_ids=dataset_ids)
     videos.append({"id": video_id, "name": name, "file_names": names,
                    "height": int(frames.shape[1]), "width": int(frames.shape[2]),
                    "length": int(frames.shape[0])})
-    overlays = frame_overlays(frames, result, class_names, score_threshold=score_threshold)
+    if task == "video_panoptic":
+      panoptic = inference_video.video_panoptic_inference(
+          pred_logits=logits, pred_masks=masks, isthing=isthing, frame_chunk=frame_chunk,
+          object_mask_threshold=e.get("object_mask_threshold", 0.8),
+          overlap_threshold=e.get("overlap_threshold", 0.8), **sizes)
+      pan_annotations.append(write_vipseg_video(os.path.join(output, "pan_pred"), name, names,
+                                                panoptic, category_ids=dataset_ids))
+      overlays = panoptic_overlays(frames, panoptic, class_names)
+    else:
+      result = inference_video.inference_video(pred_logits=logits, pred_masks=masks,
+                                               frame_chunk=frame_chunk, **sizes)
+      results += inference_video.to_results(video_id, result, category_ids=dataset_ids)
+      overlays = frame_overlays(frames, result, class_names, score_threshold=score_threshold)
     os.makedirs(os.path.join(output, name), exist_ok=True)
     for frame_name, image in zip(names, overlays):
       path = os.path.join(output, name, os.path.splitext(frame_name)[0] + ".overlay.png")
       image.save(path)
     save_gif(overlays, os.path.join(output, name + ".gif"))
     print(os.path.join(output, name + ".gif"))
-  for file_name, content in (("results.json", results), ("videos.json", videos)):
+  files = ((("pred.json", {"annotations": pan_annotations}),) if task == "video_panoptic"
+           else (("results.json", results),)) + (("videos.json", videos),)
+  for file_name, content in files:
     with open(os.path.join(output, file_name), "w") as f:
       json.dump(content, f)
     print(os.path.join(output, file_name))
@@ -182,8 +214,8 @@ def predict_videos(*, config, model, variables, frame_dirs: list[str], output: s
 
 
 def main(args) -> int:
-  """`python -m m2f_jax.predict --task video_instance` (its parsed arguments: checkpoint,
-  output, images = the folders of frames)."""
+  """`python -m m2f_jax.predict --task video_instance|video_panoptic` (its parsed arguments:
+  checkpoint, task, output, images = the folders of frames)."""
   from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     config, model, variables = checkpoint.load_for_inference(args.checkpoint)
@@ -191,5 +223,6 @@ def main(args) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   failed = predict_videos(config=config, model=model, variables=variables,
-                          frame_dirs=list(args.images), output=args.output)
+                          frame_dirs=list(args.images), output=args.output,
+                          task=getattr(args, "task", "video_instance"))
   return 1 if failed else 0

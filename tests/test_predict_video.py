@@ -87,3 +87,53 @@ def test_read_frames_errors(tmp_path):
     assert "00009.png" in str(e) and "one size" in str(e)
   else:
     raise AssertionError("frames of different sizes were accepted")
+
+
+class _PanopticBoxModel:
+  """Query 0: thing class 0 on the top-left quarter; query 1: stuff class 2 on the bottom
+  half; the others no object."""
+
+  def apply(self, variables, clips):
+    del variables
+    b, t, h, w, _ = clips.shape
+    logits = np.full((b, 3, 4), -10.0, np.float32)
+    logits[:, :, -1] = 10.0
+    logits[:, 0, 0], logits[:, 0, -1] = 10.0, -10.0
+    logits[:, 1, 2], logits[:, 1, -1] = 10.0, -10.0
+    masks = np.full((b, 3, t, h // 4, w // 4), -10.0, np.float32)
+    masks[:, 0, :, :h // 8, :w // 8] = 10.0
+    masks[:, 1, :, h // 8:, :] = 10.0
+    return {"pred_logits": jnp.asarray(logits), "pred_masks": jnp.asarray(masks)}
+
+
+def test_predict_video_panoptic_writes_vipseg_layout(tmp_path, monkeypatch):
+  from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from m2f_jax.data import panoptic_png  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.data.categories[2]["isthing"] = 0  # "owl" is stuff here
+  config.eval.update(clip_frames=2, clip_overlap=1)  # 3 frames: two linked clips
+  monkeypatch.setattr(checkpoint, "load_for_inference",
+                      lambda path, config_=None: (config, _PanopticBoxModel(), {}))
+  _frames(tmp_path / "in" / "walk", 3)
+  out = tmp_path / "out"
+  status = predict.main(["--checkpoint", "unused", "--task", "video_panoptic", "--output",
+                         str(out), str(tmp_path / "in" / "walk")])
+  assert status == 0
+  assert sorted(os.listdir(out / "walk")) == [f"{t:05d}.overlay.png" for t in range(3)]
+  assert PIL.Image.open(out / "walk.gif").n_frames == 3
+  pred = json.loads((out / "pred.json").read_text())
+  (video,) = pred["annotations"]
+  assert video["video_id"] == "walk"
+  assert [a["file_name"] for a in video["annotations"]] == [f"{t:05d}.png" for t in range(3)]
+  for t, a in enumerate(video["annotations"]):
+    ids = panoptic_png.read_panoptic_png(out / "pan_pred" / "walk" / a["file_name"])
+    assert ids.shape == (40, 64)
+    segments = {s["id"]: s for s in a["segments_info"]}
+    assert sorted(segments) == sorted(set(np.unique(ids).tolist()) - {0})
+    assert sorted(s["category_id"] for s in segments.values()) == [10, 12]  # dataset ids
+    thing = next(i for i, s in segments.items() if s["isthing"])
+    assert (ids[:10, :16] == thing).all()
+    if t == 0:
+      first = dict(segments)
+    assert segments == first  # the same ids in every frame
+  assert not (out / "results.json").exists()
