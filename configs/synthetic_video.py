@@ -12,8 +12,8 @@ the thing tubes; both in eval_results.json ("video_panoptic_seg", "vpq_windows",
 
 Every generated video has 8 frames of 96 x 96 (`data.video_frames`, `data.video_size`), so
 evaluation compiles the network once (varied lengths and sizes compile once per shape).
-`--config.data.task=video_instance --config.model.num_classes=4` trains the thing tracks
-only (video instance segmentation, AP only).
+data.task "video_instance" with model.num_classes 4 trains the thing tracks only (video
+instance segmentation, AP only).
 
 Differs from the official video recipe (mask2former_video) where noted in configs/tiny.py
 (class weight 5, no gradient clipping, learning rate 1e-3), and: an instance absent from the

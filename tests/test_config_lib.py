@@ -76,3 +76,21 @@ def test_defaults_come_from_the_dataset_spec():
       "semantic", "panoptic", "instance")
   with pytest.raises(ValueError, match="unknown data.dataset 'cocoo'.*coco_panoptic"):
     config_lib.data_config("cocoo")
+
+
+def test_video_panoptic_configs():
+  vipseg = _load("vipseg", "r50")
+  assert (vipseg.data.dataset, vipseg.data.task, vipseg.model.video) == (
+      "vipseg", "video_panoptic", True)
+  assert vipseg.model.num_classes == 124 and vipseg.data.batch_size == 8
+  assert (vipseg.optim.max_steps, list(vipseg.optim.decay_steps)) == (20000, [14000])
+  assert (vipseg.eval.min_size, vipseg.eval.max_size) == (720, 1333)
+  assert tuple(vipseg.eval.evaluators) == ("video_panoptic", "video_instance")
+  assert _load("vipseg", "swin_l").model.num_queries == 200
+  with pytest.raises(ValueError, match="r50"):
+    _load("vipseg", "r101")
+  synthetic = _load("synthetic_video", "")
+  assert synthetic.data.task == "video_panoptic" and synthetic.model.num_classes == 7
+  # One evaluation shape, and every VPQ window fits the videos.
+  assert synthetic.data.video_frames >= max(synthetic.eval.vpq_windows)
+  assert tuple(synthetic.data.video_size) == (96, 96)
