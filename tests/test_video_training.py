@@ -103,3 +103,59 @@ def test_video_forward_benchmark_smoke():
   results = bench.main(["--smoke", "--runs", "1"])
   assert [r["frames"] for r in results["forward"]] == [2, 3]
   assert results["train"]["clips_per_s"] > 0
+
+
+@pytest.mark.slow  # minutes: train.py, eval.py and predict compile the video model in turn
+def test_video_panoptic_end_to_end(tmp_path):
+  """`python train.py --config configs/synthetic_video.py` (2 steps, tiny) reports VPQ and the
+  video AP of its things in eval_results.json and writes VIPSeg's layout; eval.py on its
+  checkpoint and `predict --task video_panoptic` run on the result (issue #13)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+
+  def run(*args):
+    done = subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert done.returncode == 0, f"{args}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done
+
+  workdir = tmp_path / "train"
+  run("train.py", "--config", "configs/synthetic_video.py", "--workdir", str(workdir),
+      "--config.optim.max_steps=2", "--config.data.num_train=4", "--config.data.num_val=2",
+      "--config.data.batch_size=2", "--config.data.image_size=(64, 64)",
+      "--config.data.video_size=(64, 64)", "--config.eval.min_size=64",
+      "--config.eval.max_size=64", "--config.eval.object_mask_threshold=0.0",
+      "--config.model.decoder_layers=2", "--config.model.encoder_layers=1",
+      "--config.loss.train_num_points=256", "--config.train.log_every=1")
+  report = json.loads((workdir / "eval_results.json").read_text())
+  assert set(report["video_panoptic_seg"]) == {"VPQ", "VPQ_th", "VPQ_st", "STQ", "AQ", "SQ"}
+  assert sorted(report["vpq_windows"], key=int) == ["1", "2", "4", "6", "8"]
+  assert report["video_panoptic_seg"]["VPQ"] is not None  # 8-frame videos: every window fits
+  assert "AP" in report["segm"] and report["num_videos"] == 2
+  assert report["timing"]["forward_compilations"] == 1
+  pred = json.loads((workdir / "pred.json").read_text())
+  assert [len(v["annotations"]) for v in pred["annotations"]] == [8, 8]
+  assert len(os.listdir(workdir / "pan_pred" / "0")) == 8
+  # eval.py on the checkpoint, in another folder: the same numbers.
+  run("eval.py", "--checkpoint", str(workdir / "checkpoints" / "2"), "--workdir",
+      str(tmp_path / "eval"))
+  again = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+  assert again["video_panoptic_seg"] == report["video_panoptic_seg"]
+  # predict on a folder of frames.
+  frames = tmp_path / "frames" / "clip"
+  os.makedirs(frames)
+  rng = np.random.default_rng(0)
+  for t in range(3):
+    PIL.Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(
+        frames / f"{t:03d}.jpg")
+  run("-m", "m2f_jax.predict", "--checkpoint", str(workdir / "checkpoints" / "2"), "--task",
+      "video_panoptic", "--output", str(tmp_path / "pred"), str(frames))
+  assert (tmp_path / "pred" / "clip.gif").exists()
+  assert sorted(os.listdir(tmp_path / "pred" / "pan_pred" / "clip")) == [
+      "000.png", "001.png", "002.png"]
