@@ -78,7 +78,7 @@ def main(argv):
   workdir = os.path.abspath(f.workdir or f.checkpoint)
   os.makedirs(workdir, exist_ok=True)
   from m2f_jax import evaluate_video  # pylint: disable=g-import-not-at-top
-  if evaluate_video.is_video_task(config):  # video instance segmentation: YouTube-VIS AP
+  if evaluate_video.is_video_task(config):  # video instance / panoptic: video AP, VPQ, STQ
     report = evaluate_video.evaluate_video(config=config, model=model, variables=variables,
                                            workdir=workdir, max_videos=f.max_images)
     print(evaluate_video.format_report(report))
