@@ -89,24 +89,6 @@ def _visualize(video, result, panoptic, class_names, path, *, pixel_mean, pixel_
   predict_video.save_gif(overlays, path)
 
 
-def video_outputs(forward, variables, images: np.ndarray, *, clip_frames: int = 0,
-                  clip_overlap: int = 1) -> tuple[np.ndarray, np.ndarray]:
-  """One video's (pred_logits `[Q, K + 1]`, pred_masks `[Q, T, h, w]`): the whole video in
-  one `forward(variables, images [1, T, H, W, 3])`, or, when it has more than `clip_frames`
-  (> 0) frames, clips of `clip_frames` overlapping by `clip_overlap` linked into tubes
-  (`inference_video.clip_starts`, `link_clips`)."""
-  num_frames = images.shape[1]
-  if not clip_frames or num_frames <= clip_frames:
-    out = forward(variables, images)
-    return np.asarray(out["pred_logits"])[0], np.asarray(out["pred_masks"])[0]
-  starts = inference_video.clip_starts(num_frames, int(clip_frames), int(clip_overlap))
-  clips = []
-  for start in starts:
-    out = forward(variables, images[:, start:start + clip_frames])
-    clips.append((np.asarray(out["pred_logits"])[0], np.asarray(out["pred_masks"])[0]))
-  return inference_video.link_clips(clips, starts, num_frames)
-
-
 def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
                    workdir: str | None = None, source=None, max_videos: int | None = None,
                    frame_chunk: int = 4, num_visualizations: int = 2) -> dict:
@@ -162,7 +144,7 @@ def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
   for video in videos:
     t_forward = time.perf_counter()
     seconds["data"] += t_forward - t_data
-    logits, masks = video_outputs(forward, variables, video["images"],
+    logits, masks = inference_video.video_outputs(forward, variables, video["images"],
                                   clip_frames=int(e.get("clip_frames") or 0),
                                   clip_overlap=int(e.get("clip_overlap") or 0))
     t_post = time.perf_counter()

@@ -440,3 +440,21 @@ def frame_segments(result: dict[str, Any], category_ids: Sequence[int] | None = 
       frame.append({"id": int(i), "category_id": int(category), "isthing": int(s["isthing"])})
     out.append(frame)
   return out
+
+
+def video_outputs(forward, variables, images: np.ndarray, *, clip_frames: int = 0,
+                  clip_overlap: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """One video's (pred_logits `[Q, K + 1]`, pred_masks `[Q, T, h, w]`): the whole video in
+  one `forward(variables, images [1, T, H, W, 3])`, or, when it has more than `clip_frames`
+  (> 0) frames, clips of `clip_frames` overlapping by `clip_overlap` linked into tubes
+  (`clip_starts`, `link_clips`)."""
+  num_frames = images.shape[1]
+  if not clip_frames or num_frames <= clip_frames:
+    out = forward(variables, images)
+    return np.asarray(out["pred_logits"])[0], np.asarray(out["pred_masks"])[0]
+  starts = clip_starts(num_frames, int(clip_frames), int(clip_overlap))
+  clips = []
+  for start in starts:
+    out = forward(variables, images[:, start:start + clip_frames])
+    clips.append((np.asarray(out["pred_logits"])[0], np.asarray(out["pred_masks"])[0]))
+  return link_clips(clips, starts, num_frames)

@@ -33,7 +33,7 @@ and once: pred.json (VIPSeg's {"annotations": [{"video_id": NAME, "annotations":
 "segments_info": [{"id", "category_id" (the dataset's id), "isthing"}]}]}]}) and videos.json.
 
 Videos longer than the config's `eval.clip_frames` (when set) run as overlapping clips whose
-tubes are linked (`evaluate_video.video_outputs`).
+tubes are linked (`inference_video.video_outputs`).
 
 A folder that holds no image, or an image that cannot be read or has another size, is reported
 and skipped; the other videos are still processed (the exit status is 1 if any failed).
@@ -151,7 +151,6 @@ def predict_videos(*, config, model, variables, frame_dirs: list[str], output: s
   """Runs the video model on each folder of frames and writes the files of the module
   docstring for `task` ("video_instance" or "video_panoptic"); returns the number of videos
   that failed."""
-  from m2f_jax import evaluate_video  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from m2f_jax import data  # pylint: disable=g-import-not-at-top
   categories = data.categories(config.data, config.model.num_classes)
@@ -177,7 +176,7 @@ def predict_videos(*, config, model, variables, frame_dirs: list[str], output: s
     x, size = prepare_video(frames, pixel_mean=config.model.pixel_mean,
                             pixel_std=config.model.pixel_std, min_size=e.get("min_size"),
                             max_size=e.get("max_size"))
-    logits, masks = evaluate_video.video_outputs(
+    logits, masks = inference_video.video_outputs(
         forward, variables, x, clip_frames=int(e.get("clip_frames") or 0),
         clip_overlap=int(e.get("clip_overlap") or 0))
     sizes = dict(padded_size=x.shape[2:4], image_size=size, output_size=frames.shape[1:3])
