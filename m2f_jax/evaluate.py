@@ -13,7 +13,6 @@ EVALUATORS`); post-processing computes what they need. Used by `eval.py` and at 
 `train.py`.
 """
 
-import json
 import os
 import pickle
 import time
@@ -27,6 +26,7 @@ from m2f_jax import evaluation
 from m2f_jax import inference
 from m2f_jax import sharding
 from m2f_jax import visualize
+from m2f_jax.evaluation.reports import write_report  # strict JSON, atomic; also the CLIs'
 
 
 def _gather_objects(obj):
@@ -144,36 +144,6 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
   if jax.process_index() == 0:
     write_report(os.path.join(workdir, "eval_results.json"), report)
   return report
-
-
-def strict_json(tree):
-  """`tree` with NaN and infinities as None (null): strict JSON parsers reject NaN."""
-  if isinstance(tree, dict):
-    return {k: strict_json(v) for k, v in tree.items()}
-  if isinstance(tree, (list, tuple)):
-    return [strict_json(v) for v in tree]
-  if isinstance(tree, (float, np.floating)):
-    return float(tree) if np.isfinite(tree) else None
-  if isinstance(tree, np.integer):
-    return int(tree)
-  return tree
-
-
-def write_report(path: str, report: dict):
-  """Writes strict JSON (undefined metrics as null) atomically: temporary file, os.replace."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-",
-                             dir=os.path.dirname(os.path.abspath(path)))
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(strict_json(report), f, indent=2, allow_nan=False)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 REPORT_KEYS = {

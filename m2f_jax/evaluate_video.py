@@ -51,6 +51,7 @@ import numpy as np
 from m2f_jax import data
 from m2f_jax import evaluation
 from m2f_jax import inference_video
+from m2f_jax.evaluation import reports
 from m2f_jax.evaluation import video_instance
 from m2f_jax.evaluation import video_panoptic
 
@@ -65,12 +66,6 @@ def is_video_task(config: ml_collections.ConfigDict) -> bool:
 def _gather_objects(obj):
   from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
   return evaluate._gather_objects(obj)  # pylint: disable=protected-access
-
-
-def _write_json(path: str, tree) -> None:
-  """Strict JSON (NaN as null), written atomically (`evaluate.write_report`)."""
-  from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
-  evaluate.write_report(path, tree)
 
 
 def _visualize(video, result, panoptic, class_names, path, *, pixel_mean, pixel_std):
@@ -205,10 +200,10 @@ def evaluate_video(*, config: ml_collections.ConfigDict, model, variables,
     all_annotations = [a for part in _gather_objects(pan_annotations) for a in part]
   if workdir is not None and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "eval_results.json"), report)
-    _write_json(os.path.join(workdir, "results.json"), all_results)
+    reports.write_report(os.path.join(workdir, "eval_results.json"), report)
+    reports.write_report(os.path.join(workdir, "results.json"), all_results)
     if panoptic_task:
-      _write_json(os.path.join(workdir, "pred.json"), {"annotations": all_annotations})
+      reports.write_report(os.path.join(workdir, "pred.json"), {"annotations": all_annotations})
   return report
 
 

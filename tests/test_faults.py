@@ -364,11 +364,11 @@ def test_predict_of_a_missing_damaged_or_other_checkpoint_is_one_line(model_dir,
 
 
 def test_reports_are_strict_json_and_atomic(tmp_path):
-  from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from m2f_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
   path = tmp_path / "eval_results.json"
   report = {"sem_seg": {"mIoU": 12.5, "IoU-a": float("nan"), "IoU-b": np.float32("inf")},
             "segm": {"APl": np.float64("nan")}, "num_images": np.int64(3)}
-  evaluate.write_report(str(path), report)
+  reports.write_report(str(path), report)
 
   def reject(name):
     raise ValueError(f"not strict JSON: {name}")
@@ -376,7 +376,7 @@ def test_reports_are_strict_json_and_atomic(tmp_path):
   assert loaded == {"sem_seg": {"mIoU": 12.5, "IoU-a": None, "IoU-b": None},
                     "segm": {"APl": None}, "num_images": 3}
   with pytest.raises(TypeError):  # a failed write leaves the previous report
-    evaluate.write_report(str(path), {"x": object()})
+    reports.write_report(str(path), {"x": object()})
   assert json.loads(path.read_text()) == loaded and os.listdir(tmp_path) == [path.name]
 
 
