@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
   config.data.update(image_size=(96, 96), num_frames=2, num_targets=12, scale_range=None,
                      num_train=2000, num_val=50, seed=0, worker_count=0, read_threads=0,
                      prefetch=0, video_frames=8, video_size=(96, 96))
-  config.loss = tiny.loss  # 1024 points, class weight 5 (see configs/tiny.py)
+  config.loss = tiny.loss  # 256 points, class weight 5 (see configs/tiny.py)
   config.loss.video_absent_last_frame_no_object = False
   config.optim = tiny.optim
   config.optim.max_steps = 900

@@ -1,8 +1,8 @@
 r"""A tiny Mask2Former for tests, notebooks and CPU runs on the synthetic dataset.
 
-A ResNet with 4 narrow stages, 64-wide pixel and transformer decoders, 2 encoder and
-3 masked-attention layers, 16 queries. Tests and notebooks import this file; it is also the
-default of `train.py`.
+A ResNet of basic blocks (2 per stage, 64-512 channels), 64-wide pixel and transformer
+decoders, 2 encoder and 3 masked-attention layers, 16 queries. Tests and notebooks import
+this file; it is also the default of `train.py`.
 
   python train.py --config configs/tiny.py --workdir /tmp/m2f_tiny
 """
@@ -15,8 +15,11 @@ from m2f_jax import config_lib
 def get_config(arg: str = ""):
   del arg
   backbone = ml_collections.ConfigDict(dict(
-      name="resnet", depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=16,
-      layer_type="bottleneck", downsample_in_bottleneck=False,
+      # Basic blocks at full width: measured (1200 steps, 2026-11-30) PQ 43.2 / mIoU 47.0
+      # against PQ 20.7 / mIoU 23.9 for 1 bottleneck per stage of 32-256 channels (whose 3x3
+      # convolutions had 8-64 channels); the step costs little more at 96x96.
+      name="resnet", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=32,
+      layer_type="basic", downsample_in_bottleneck=False,
       norm="group_norm"))  # trained from scratch: a normalization that normalizes
   model = config_lib.model_config(backbone, num_classes=7, num_queries=16)
   model.update(hidden_dim=64, feature_size=64, mask_feature_size=64, encoder_layers=2,
@@ -26,7 +29,10 @@ def get_config(arg: str = ""):
                                   max_steps=1200, lr_schedule="poly", batch_size=8)
   config.data.update(image_size=(96, 96), num_targets=12, scale_range=None, num_train=2000,
                      num_val=100, seed=0, worker_count=0, read_threads=0, prefetch=0)
-  config.loss.train_num_points = 1024
+  # The masks are predicted at 24x24 (576 pixels): 256 points per mask are plenty (the
+  # official 12544 cover a fifth of its 256x256 masks), and the loss costs ~5x less than
+  # with 1024 points on this CPU.
+  config.loss.train_num_points = 256
   # Differs from the official 2.0 / 0.01 for a from-scratch model on a 10-minute budget:
   # classification is its bottleneck (measured: 300 steps, class_weight 5 and no clipping
   # gave PQ 9.0 / mIoU 18.1 against PQ 0 / mIoU 10.1 at the official values, 96x96).
