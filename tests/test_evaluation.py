@@ -230,7 +230,13 @@ def test_panoptic_matches_independent_implementation():
     assert (s.tp, s.fp, s.fn) == (tp[c], fp[c], fn[c])
     assert s.iou == pytest.approx(iou_sum[c])
   assert sum(tp.values()) > 5 and sum(fp.values()) > 5 and sum(fn.values()) > 5
-  assert evaluator.compute()["panoptic_seg"] == pytest.approx(want)
+  report = evaluator.compute()
+  assert report["panoptic_seg"] == pytest.approx(want)
+  # Per class: PQ = IoU sum / (TP + FP/2 + FN/2), by category name.
+  names = {c["id"]: c.get("name", str(c["id"])) for c in CATEGORIES}
+  for c in (1, 2, 3):
+    assert report["panoptic_per_class"][names[c]]["PQ"] == pytest.approx(
+        100 * iou_sum[c] / (tp[c] + 0.5 * fp[c] + 0.5 * fn[c]))
   # The hand-computed images agree too.
   want_hand, _ = _reference_pq(_hand_images(), CATEGORIES)
   assert want_hand == pytest.approx(HAND_WANT)

@@ -225,7 +225,8 @@ class PanopticEvaluator:
       truth is given with category ids.
 
   `update(...)` per image, then `compute()` -> `{"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th",
-  "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"}}` in percent; `results()` gives panopticapi's
+  "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"}, "panoptic_per_class": {name: {"PQ", "SQ",
+  "RQ"}}}` in percent; `results()` gives panopticapi's
   full result (fractions, with per-class values).
   """
 
@@ -265,4 +266,13 @@ class PanopticEvaluator:
     return pq_results(self.stats, self.categories)
 
   def compute(self) -> dict[str, dict[str, float]]:
-    return {"panoptic_seg": detectron2_report(self.results())}
+    """Detectron2's "panoptic_seg", and "panoptic_per_class": {name: {"PQ", "SQ", "RQ"}} in
+    percent (None for a class neither annotated nor predicted)."""
+    results = self.results()
+    per_class = {}
+    for label, values in results["per_class"].items():
+      stat = self.stats.get(label, PQStatCat())
+      defined = stat.tp + stat.fp + stat.fn > 0
+      name = str(self.categories[label].get("name", label))
+      per_class[name] = {k.upper(): 100 * v if defined else None for k, v in values.items()}
+    return {"panoptic_seg": detectron2_report(results), "panoptic_per_class": per_class}
