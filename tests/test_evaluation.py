@@ -105,7 +105,12 @@ def test_panoptic_hand_computed():
   assert (s[1].tp, s[1].fp, s[1].fn) == (1, 1, 1) and s[1].iou == pytest.approx(0.625)
   assert (s[2].tp, s[2].fp, s[2].fn) == (0, 2, 1)
   assert (s[3].tp, s[3].fp, s[3].fn) == (1, 2, 1) and s[3].iou == pytest.approx(1.0)
-  assert evaluator.compute() == {"panoptic_seg": pytest.approx(HAND_WANT)}
+  report = evaluator.compute()
+  assert report["panoptic_seg"] == pytest.approx(HAND_WANT)
+  assert report["panoptic_per_class"] == {
+      "person": pytest.approx({"PQ": 100 * 0.625 / 2, "SQ": 100 * 0.625, "RQ": 50.0}),
+      "car": {"PQ": 0.0, "SQ": 0.0, "RQ": 0.0},
+      "grass": pytest.approx({"PQ": 40.0, "SQ": 100.0, "RQ": 40.0})}
   results = evaluator.results()
   assert [results[k]["n"] for k in ("All", "Things", "Stuff")] == [3, 2, 1]
 
