@@ -63,6 +63,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from m2f_jax.data import builders
+from m2f_jax.data.builders import coco
 from m2f_jax.data.panoptic_png import OFFSET
 from m2f_jax.data.panoptic_png import rgb2id
 
@@ -113,32 +114,12 @@ def split_jsons(root: os.PathLike | str) -> dict[str, str]:
 
 
 def categories_from_json(dataset: dict[str, Any], path: str) -> list[dict[str, Any]]:
-  """[{"id" (contiguous, by sorted dataset id), "name", "isthing", "dataset_id", "color"}]."""
-  found = dataset.get("categories")
-  if not found:
-    raise ValueError(f"{path} has no 'categories' list")
-  for c in found:
-    if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
-      raise ValueError(f"{path}: category {c!r} needs an integer 'id' and a 'name'")
-  ids = [c["id"] for c in found]
-  if len(set(ids)) != len(ids):
-    repeated = sorted(i for i in set(ids) if ids.count(i) > 1)
-    raise ValueError(f"{path}: repeated category ids {repeated}; each category needs its own")
-  out = []
-  for i, c in enumerate(sorted(found, key=lambda c: c["id"])):
-    out.append({"id": i, "name": str(c["name"]), "isthing": int(bool(c.get("isthing", 0))),
-                "dataset_id": int(c["id"])})
-    if isinstance(c.get("color"), (list, tuple)) and len(c["color"]) == 3:
-      out[-1]["color"] = [int(v) for v in c["color"]]
-  return out
+  """[{"id" (contiguous, by sorted dataset id), "name", "isthing", "dataset_id", "color"}]:
+  the COCO panoptic rules (`coco.categories_from_json`), which VIPSeg's JSON follows."""
+  return coco.categories_from_json(dataset, path, panoptic=True)
 
 
-def _load_json(path: str) -> dict[str, Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e})") from None
+_load_json = coco._load_json  # pylint: disable=protected-access
 
 
 class Vipseg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
