@@ -73,7 +73,8 @@ def abstract_batch(config, batch: int) -> dict:
 def compiled_memory(config, batch: int) -> dict:
   """The memory analysis of the compiled train step at per-device `batch`, in bytes."""
   model, tx, state = train_step.abstract_train_state(config)
-  step = jax.jit(train_step.make_train_step(model, tx, config), donate_argnums=0)
+  step = jax.jit(train_step.make_train_step(model, tx, config), donate_argnums=0,
+                 compiler_options=train_step.compiler_options(config))
   start = time.perf_counter()
   compiled = step.lower(state, abstract_batch(config, batch)).compile()
   seconds = time.perf_counter() - start

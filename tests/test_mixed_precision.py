@@ -3,8 +3,9 @@
 The tiny config with 1 encoder and 2 decoder stages at 64x64, 256 points per mask, trains
 `STEPS` steps on fixed synthetic batches (the training pipeline's, cycled) from the same
 initial parameters in float32, in bfloat16 (`model.dtype`), and in float32 with
-`train.remat`. Three train-step compiles in all; each compiled step also gives its memory
-analysis.
+`train.remat`. Three train-step compiles in all (with `train_step.compiler_options`, as the
+trainer should compile them); each compiled step also gives its memory analysis: per-block
+remat lowers the temporaries of this step (measured on CPU: 31.6 MiB -> 14.0 MiB).
 """
 
 import itertools
@@ -55,7 +56,8 @@ def _run(config, params, batches):
       step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
       opt_state=tx.init(params), rng=jax.random.PRNGKey(1))
   step = train_step_lib.make_train_step(model, tx, config)
-  compiled = jax.jit(step).lower(state, batches[0]).compile()
+  compiled = jax.jit(step, compiler_options=train_step_lib.compiler_options(config)).lower(
+      state, batches[0]).compile()
   losses = []
   for batch in itertools.islice(itertools.cycle(batches), STEPS):
     state, metrics = compiled(state, batch)
@@ -112,9 +114,6 @@ def test_remat_same_loss(runs):
   np.testing.assert_allclose(remat, f32, rtol=2e-2)
 
 
-@pytest.mark.xfail(reason="train.remat (jax.checkpoint of the forward, dots_saveable) saves "
-                   "no memory as measured: on CPU every convolution is a matmul (saved), "
-                   "and the criterion is outside the checkpoint (issue #14)", strict=False)
 def test_remat_less_memory(runs):
   (_, f32_temp), (_, remat_temp) = runs("float32"), runs("remat")
-  assert remat_temp < f32_temp, (remat_temp, f32_temp)
+  assert remat_temp < 0.75 * f32_temp, (remat_temp, f32_temp)  # measured 0.44

@@ -62,44 +62,47 @@ class Mask2Former(nn.Module):
     }
 
 
-def build_backbone(cfg: "ml_collections.ConfigDict", dtype) -> nn.Module:
-  """The backbone module (returns res2..res5)."""
+def build_backbone(cfg: "ml_collections.ConfigDict", dtype, remat: bool = False) -> nn.Module:
+  """The backbone module (returns res2..res5); `remat`: see `build_model`."""
   if cfg.name == "resnet":
     return ResNet(depths=tuple(cfg.depths), hidden_sizes=tuple(cfg.hidden_sizes),
                   embedding_size=cfg.embedding_size, layer_type=cfg.layer_type,
                   downsample_in_bottleneck=cfg.downsample_in_bottleneck,
                   # Configs written before `norm` existed are frozen-BN models.
-                  norm=cfg.get("norm", "frozen_bn"), dtype=dtype)
+                  norm=cfg.get("norm", "frozen_bn"), dtype=dtype, remat=remat)
   if cfg.name == "swin":
     return Swin(embed_dim=cfg.embed_dim, depths=tuple(cfg.depths),
                 num_heads=tuple(cfg.num_heads), window_size=cfg.window_size,
                 patch_size=cfg.patch_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
                 drop_path_rate=cfg.drop_path_rate,
-                adapt_window_to_input=cfg.adapt_window_to_input, dtype=dtype)
+                adapt_window_to_input=cfg.adapt_window_to_input, dtype=dtype, remat=remat)
   raise ValueError(f"model.backbone.name must be 'resnet' or 'swin', got {cfg.name!r}")
 
 
-def build_model(cfg: "ml_collections.ConfigDict") -> nn.Module:
+def build_model(cfg: "ml_collections.ConfigDict", *, remat: bool = False) -> nn.Module:
   """Mask2Former from the `model` section of a config (see `m2f_jax.config_lib`).
 
   `model.video` selects the video model (`m2f_jax.models.video.VideoMask2Former`, clips
-  [B, T, H, W, 3] in) with the same parts.
+  [B, T, H, W, 3] in) with the same parts. `remat` (the trainer passes `train.remat`)
+  rematerializes every repeated block (backbone layers or blocks, pixel-decoder encoder
+  layers, transformer-decoder layers; `m2f_jax.models.remat`): the same values and
+  variables, less memory in the backward pass, about one more forward pass of compute.
   """
   if cfg.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
   dtype = DTYPES[cfg.dtype]
-  backbone = build_backbone(cfg.backbone, dtype)
+  backbone = build_backbone(cfg.backbone, dtype, remat)
   pixel_decoder = MSDeformAttnPixelDecoder(
       feature_size=cfg.feature_size, mask_feature_size=cfg.mask_feature_size,
       num_encoder_layers=cfg.encoder_layers,
       encoder_feedforward_dim=cfg.encoder_feedforward_dim, num_heads=cfg.encoder_num_heads,
       num_points=cfg.encoder_num_points, common_stride=cfg.common_stride, dtype=dtype,
-      deform_attn_impl=cfg.get("deform_attn_impl", "gather"))
+      deform_attn_impl=cfg.get("deform_attn_impl", "gather"), remat=remat)
   transformer = TransformerModule(
       num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim, num_heads=cfg.num_heads,
       dim_feedforward=cfg.dim_feedforward, num_layers=cfg.decoder_layers - 1,
       pre_norm=cfg.pre_norm, enforce_input_projection=cfg.enforce_input_projection,
-      mask_dim=cfg.mask_feature_size, dtype=dtype)
+      mask_dim=cfg.mask_feature_size, dtype=dtype, remat=remat)
   pixel_level_module = PixelLevelModule(encoder=backbone, decoder=pixel_decoder)
   if cfg.get("video", False):
     from m2f_jax.models.video import VideoMask2Former  # pylint: disable=g-import-not-at-top

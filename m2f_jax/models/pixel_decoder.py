@@ -28,6 +28,7 @@ from m2f_jax.models.conv import Conv
 from m2f_jax.models.ms_deform_attn import MSDeformAttn
 from m2f_jax.models.ms_deform_attn import SpatialShapes
 from m2f_jax.models.position_encoding import sine_position_embedding
+from m2f_jax.models.remat import remat_block
 from m2f_jax.ops import resize_bilinear
 
 FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -73,8 +74,11 @@ class MSDeformAttnEncoderLayer(nn.Module):
   deform_attn_impl: str = "gather"  # MSDeformAttn.impl
 
   @nn.compact
-  def __call__(self, hidden, pos, reference_points, spatial_shapes, *, train=False):
-    """hidden `[B, S, C]`, pos `[B or 1, S, C]`, reference_points `[B or 1, S, L, 2]`."""
+  def __call__(self, hidden, pos, reference_points, spatial_shapes, train=False):
+    """hidden `[B, S, C]`, pos `[B or 1, S, C]`, reference_points `[B or 1, S, L, 2]`.
+
+    `spatial_shapes` and `train` may be positional (static under `remat_block`).
+    """
     attn = MSDeformAttn(self.embed_dim, self.num_heads, self.num_levels, self.num_points,
                         dtype=self.dtype, impl=self.deform_attn_impl, name="self_attn")
     out = attn(hidden + pos, reference_points, hidden, spatial_shapes)
@@ -106,17 +110,20 @@ class MSDeformAttnEncoder(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   deform_attn_impl: str = "gather"  # MSDeformAttn.impl
+  remat: bool = False  # recompute each layer's activations in the backward pass
 
   @nn.compact
   def __call__(self, hidden, pos, spatial_shapes: SpatialShapes, *, train=False):
     """hidden `[B, S, C]`, pos `[B or 1, S, C]` -> `[B, S, C]`."""
     reference_points = encoder_reference_points(spatial_shapes)[None]  # [1, S, L, 2]
+    layer = remat_block(MSDeformAttnEncoderLayer, self.remat,
+                        static_argnums=(4, 5))  # spatial_shapes, train
     for i in range(self.num_layers):
-      hidden = MSDeformAttnEncoderLayer(
+      hidden = layer(
           self.embed_dim, self.feedforward_dim, self.num_heads, len(spatial_shapes),
           self.num_points, self.dropout, dtype=self.dtype,
           deform_attn_impl=self.deform_attn_impl, name=f"layers_{i}")(
-              hidden, pos, reference_points, spatial_shapes, train=train)
+              hidden, pos, reference_points, spatial_shapes, train)
     return hidden
 
 
@@ -139,6 +146,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
       coordinates stay float32.
     deform_attn_impl: "gather" or "matmul", the encoder's deformable-attention formulation
       (`m2f_jax.models.ms_deform_attn`; `model.deform_attn_impl`).
+    remat: recompute each encoder layer's activations in the backward pass (`train.remat`;
+      `m2f_jax.models.remat`): less memory, same values and variables.
   """
   feature_size: int = 256
   mask_feature_size: int = 256
@@ -150,6 +159,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   deform_attn_impl: str = "gather"
+  remat: bool = False
 
   def _group_norm(self, name):
     return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, use_fast_variance=False,
@@ -200,7 +210,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     hidden = MSDeformAttnEncoder(
         c, self.encoder_feedforward_dim, self.num_encoder_layers, self.num_heads,
         self.num_points, self.dropout, dtype=self.dtype,
-        deform_attn_impl=self.deform_attn_impl, name="encoder")(
+        deform_attn_impl=self.deform_attn_impl, remat=self.remat, name="encoder")(
             hidden, pos, spatial_shapes, train=train)
 
     outputs = []

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from m2f_jax.models.conv import Conv
 from m2f_jax.models.position_encoding import sine_position_embedding
 from m2f_jax.models.position_encoding import sine_position_embedding_3d
+from m2f_jax.models.remat import remat_block
 from m2f_jax.ops import resize_bilinear
 
 NUM_FEATURE_LEVELS = 3  # The official decoder always uses 3 scales.
@@ -185,8 +186,8 @@ class DecoderLayer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, query_pos, memory, memory_pos, *, blocked, train=False):
-    """Updates the queries.
+  def __call__(self, x, query_pos, memory, memory_pos, blocked, train=False):
+    """Updates the queries (`train` may be positional: static under `remat_block`).
 
     Args:
       x: [B, Q, C] query features.
@@ -272,6 +273,7 @@ class MaskedAttentionDecoder(nn.Module):
   pre_norm: bool = False
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute each layer's activations in the backward pass
 
   @nn.compact
   def __call__(self, x, query_pos, memories, memory_pos, level_sizes, mask_features, *,
@@ -301,16 +303,17 @@ class MaskedAttentionDecoder(nn.Module):
       masks = mask_predictor(normed, mask_features)
       return normed, masks, attention_mask(masks, *level_sizes[level])
 
+    layer = remat_block(DecoderLayer, self.remat, static_argnums=(6,))  # train
     normed, masks, blocked = predict(x, 0)
     all_states, all_masks = [normed], [masks]
     for i in range(self.num_layers):
       level = i % NUM_FEATURE_LEVELS
       self.sow("intermediates", "attention_masks", blocked)
       b, q = blocked.shape[:2]
-      x = DecoderLayer(self.hidden_dim, self.num_heads, self.dim_feedforward, self.pre_norm,
+      x = layer(self.hidden_dim, self.num_heads, self.dim_feedforward, self.pre_norm,
                        self.dropout, self.dtype, name=f"layers_{i}")(
                            x, query_pos, memories[level], memory_pos[level],
-                           blocked=blocked.reshape(b, q, -1), train=train)
+                           blocked.reshape(b, q, -1), train)
       normed, masks, blocked = predict(x, (i + 1) % NUM_FEATURE_LEVELS)
       all_states.append(normed)
       all_masks.append(masks)
@@ -334,6 +337,8 @@ class TransformerModule(nn.Module):
       (0.0 in the official model).
     dtype: computation dtype; softmax, normalization statistics, mask logits and the
       attention-mask decision stay float32.
+    remat: recompute each decoder layer's activations in the backward pass (`train.remat`;
+      `m2f_jax.models.remat`): less memory, same values and variables.
   """
   num_queries: int
   hidden_dim: int
@@ -345,6 +350,7 @@ class TransformerModule(nn.Module):
   enforce_input_projection: bool = False
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, multi_scale_features: Sequence[jnp.ndarray], mask_features: jnp.ndarray,
@@ -411,7 +417,7 @@ class TransformerModule(nn.Module):
     decoder = MaskedAttentionDecoder(
         hidden_dim=c, num_heads=self.num_heads, dim_feedforward=self.dim_feedforward,
         num_layers=self.num_layers, mask_dim=self.mask_dim, pre_norm=self.pre_norm,
-        dropout=self.dropout, dtype=self.dtype, name="decoder")
+        dropout=self.dropout, dtype=self.dtype, remat=self.remat, name="decoder")
     return decoder(query_features, query_pos, memories, memory_pos, level_sizes,
                    mask_features, train=train)
 

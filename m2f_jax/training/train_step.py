@@ -15,9 +15,11 @@ Mixed precision (`model.dtype="bfloat16"`): parameters, gradients and optimizer 
 float32 (master weights); the modules cast them to bfloat16 for their matmuls and
 convolutions, and keep normalization statistics, softmaxes and sampling coordinates in
 float32; predictions come back float32, and matching and losses run in float32
-(tests/test_mixed_precision.py: a tiny run learns as in float32). `train.remat` recomputes
-the forward activations in the backward pass (matmul outputs kept): the same loss, but as
-measured no less memory (benchmarks/memory.py; tests/test_mixed_precision.py).
+(tests/test_mixed_precision.py: a tiny run learns as in float32). `train.remat` builds the
+model with every repeated block rematerialized (`build_model(..., remat=True)`, which
+`abstract_train_state` does): its activations are recomputed block by block in the backward
+pass, for the same loss and a lower peak when the step is compiled with
+`compiler_options(config)` (tests/test_mixed_precision.py; figures in benchmarks/README.md).
 """
 
 import math
@@ -68,7 +70,7 @@ def create_train_state(model, tx, rng, image_shape) -> TrainState:
 
 def abstract_train_state(config: ml_collections.ConfigDict):
   """`(model, optimizer, TrainState of ShapeDtypeStructs)` for a config."""
-  model = build_model(config.model)
+  model = build_model(config.model, remat=config.train.remat)
   image_shape = input_shape(config)
   params_shape = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape, 3))))["params"]
@@ -76,6 +78,20 @@ def abstract_train_state(config: ml_collections.ConfigDict):
   abstract = jax.eval_shape(lambda r: create_train_state(model, tx, r, image_shape),
                             jax.random.PRNGKey(0))
   return model, tx, abstract
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """XLA options for compiling the train step: `jax.jit(step, compiler_options=...)`.
+
+  With `train.remat` on the CPU, XLA:CPU's `cse_barrier_expander` pass drops the optimization
+  barriers that keep JAX's rematerialized blocks apart from the forward pass, and CSE then
+  merges the recomputation back into the forward: no memory saved. Disabling that one pass
+  for this compile keeps the recomputation (tests/test_mixed_precision.py). Other platforms,
+  and steps without remat, compile as before.
+  """
+  if config.train.remat and jax.default_backend() == "cpu":
+    return {"xla_disable_hlo_passes": "cse_barrier_expander"}
+  return {}
 
 
 def loss_kwargs(loss_cfg: ml_collections.ConfigDict) -> dict:
@@ -101,13 +117,14 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
   video_absent_last_frame_no_object = config.model.get("video", False) and config.loss.get(
       "video_absent_last_frame_no_object", True)
   schedule = optim_lib.learning_rate_schedule(config.optim)
+  if config.train.remat and not model.pixel_level_module.decoder.remat:
+    raise ValueError("config.train.remat is True but the model was built without it: build "
+                     "it with build_model(config.model, remat=True), as abstract_train_state "
+                     "does")
 
   def forward(params, batch_stats, images, rng):
     variables = {"params": params, "batch_stats": batch_stats}
     return model.apply(variables, images, train=True, rngs={"dropout": rng})
-
-  if config.train.remat:  # keep matmul outputs, recompute the rest in the backward pass
-    forward = jax.checkpoint(forward, policy=jax.checkpoint_policies.dots_saveable)
 
   def step(state: TrainState, batch: dict):
     rng, dropout_rng, point_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)

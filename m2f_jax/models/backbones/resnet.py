@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from m2f_jax.models.conv import Conv
+from m2f_jax.models.remat import remat_block
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
@@ -203,20 +204,23 @@ class ResNetStage(nn.Module):
   hidden_act: str = "relu"
   norm: str = "frozen_bn"
   dtype: Any = jnp.float32
+  remat: bool = False  # recompute each layer's activations in the backward pass
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    bottleneck_layer = remat_block(BottleneckLayer, self.remat)
+    basic_layer = remat_block(BasicLayer, self.remat)
     for j in range(self.depth):
       stride = self.stride if j == 0 else 1
       if self.layer_type == "bottleneck":
-        layer = BottleneckLayer(
+        layer = bottleneck_layer(
             self.features, stride=stride, reduction=self.reduction,
             # transformers applies downsample_in_bottleneck to the first layer only; the
             # other layers have stride 1, where it makes no difference.
             downsample_in_bottleneck=self.downsample_in_bottleneck and j == 0,
             hidden_act=self.hidden_act, norm=self.norm, dtype=self.dtype, name=f"layers_{j}")
       else:
-        layer = BasicLayer(self.features, stride=stride, hidden_act=self.hidden_act,
+        layer = basic_layer(self.features, stride=stride, hidden_act=self.hidden_act,
                            norm=self.norm, dtype=self.dtype, name=f"layers_{j}")
       x = layer(x)
     return x
@@ -233,6 +237,7 @@ class ResNetEncoder(nn.Module):
   hidden_act: str = "relu"
   norm: str = "frozen_bn"
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
@@ -243,7 +248,7 @@ class ResNetEncoder(nn.Module):
                       reduction=self.reduction,
                       downsample_in_bottleneck=self.downsample_in_bottleneck,
                       hidden_act=self.hidden_act, norm=self.norm, dtype=self.dtype,
-                      name=f"stages_{i}")(x)
+                      remat=self.remat, name=f"stages_{i}")(x)
       outputs.append(x)
     return tuple(outputs)
 
@@ -265,6 +270,8 @@ class ResNet(nn.Module):
       the statistics) or "group_norm" (trainable GroupNorm, for a backbone trained from
       scratch, e.g. the tiny CPU model: frozen BN at its initial values normalizes nothing).
     dtype: computation dtype; parameters are float32 and BatchNorm computes in float32.
+    remat: recompute each residual layer's activations in the backward pass (`train.remat`;
+      `m2f_jax.models.remat`): less memory, same values and variables.
   """
   depths: Sequence[int]
   hidden_sizes: Sequence[int]
@@ -276,6 +283,7 @@ class ResNet(nn.Module):
   hidden_act: str = "relu"
   norm: str = "frozen_bn"
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def out_channels(self) -> dict[str, int]:
@@ -310,7 +318,8 @@ class ResNet(nn.Module):
         self.depths, self.hidden_sizes, layer_type=self.layer_type, reduction=self.reduction,
         downsample_in_bottleneck=self.downsample_in_bottleneck,
         downsample_in_first_stage=self.downsample_in_first_stage,
-        hidden_act=self.hidden_act, norm=self.norm, dtype=self.dtype, name="encoder")(x)
+        hidden_act=self.hidden_act, norm=self.norm, dtype=self.dtype, remat=self.remat,
+        name="encoder")(x)
     return dict(zip(FEATURE_NAMES, stages))  # res_k: [B, H/2^k, W/2^k, C_k]
 
 

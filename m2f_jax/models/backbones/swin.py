@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2f_jax.models.conv import Conv
+from m2f_jax.models.remat import remat_block
 
 
 # Both references initialize linear layers and the bias tables with trunc_normal(std=0.02).
@@ -217,8 +218,8 @@ class SwinBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
-    """x `[B, H, W, C]` -> `[B, H, W, C]`."""
+  def __call__(self, x, train: bool = False):
+    """x `[B, H, W, C]` -> `[B, H, W, C]` (`train` may be positional: `remat_block`)."""
     b, h, w, c = x.shape
     ws, shift = self.window_size, self.shift_size
     y = _layer_norm("layernorm_before", self.dtype, self.layer_norm_eps)(x)
@@ -281,14 +282,16 @@ class SwinStage(nn.Module):
   downsample: bool = True
   adapt_window_to_input: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     _, h, w, _ = x.shape
+    block = remat_block(SwinBlock, self.remat, static_argnums=(2,))  # train
     window, shift = stage_window(h, w, self.window_size, self.adapt_window_to_input)
     drop_path = tuple(self.drop_path) or (0.0,) * self.depth
     for i in range(self.depth):
-      x = SwinBlock(
+      x = block(
           num_heads=self.num_heads,
           window_size=window,
           shift_size=0 if i % 2 == 0 else shift,
@@ -297,7 +300,7 @@ class SwinStage(nn.Module):
           layer_norm_eps=self.layer_norm_eps,
           drop_path=drop_path[i],
           dtype=self.dtype,
-          name=f"blocks_{i}")(x, train=train)
+          name=f"blocks_{i}")(x, train)
     if not self.downsample:
       return x, None
     return x, PatchMerging(self.dtype, name="downsample")(x)
@@ -314,6 +317,7 @@ class SwinEncoder(nn.Module):
   drop_path_rate: float = 0.0
   adapt_window_to_input: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -333,6 +337,7 @@ class SwinEncoder(nn.Module):
           downsample=i < len(self.depths) - 1,
           adapt_window_to_input=self.adapt_window_to_input,
           dtype=self.dtype,
+          remat=self.remat,
           name=f"layers_{i}")(x, train=train)
       outs.append(out)
     return outs
@@ -393,6 +398,8 @@ class Swin(nn.Module):
     adapt_window_to_input: transformers' `SwinModel` behaviour without `always_partition`
       (no shift when a stage's smaller side equals the window); False = official padding.
     dtype: computation dtype (parameters stay float32).
+    remat: recompute each block's activations in the backward pass (`train.remat`;
+      `m2f_jax.models.remat`): less memory, same values and variables.
   """
   embed_dim: int
   depths: Sequence[int]
@@ -405,6 +412,7 @@ class Swin(nn.Module):
   drop_path_rate: float = 0.0
   adapt_window_to_input: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def out_channels(self) -> dict[str, int]:
@@ -438,6 +446,7 @@ class Swin(nn.Module):
         drop_path_rate=self.drop_path_rate,
         adapt_window_to_input=self.adapt_window_to_input,
         dtype=self.dtype,
+        remat=self.remat,
         name="encoder")(x, train=train)
     features = HiddenStatesNorms(self.dtype, name="hidden_states_norms")(features)
     return {f"res{i + 2}": f for i, f in enumerate(features)}
