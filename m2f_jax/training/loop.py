@@ -151,7 +151,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str):
 
   step_fn = jax.jit(train_step.make_train_step(model, tx, config),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
+                    compiler_options=train_step.compiler_options(config) or None)
   writer = MetricWriter(workdir)
   preemption = _Preemption()
   preemption.install()
