@@ -8,11 +8,11 @@ r"""Your own data in COCO panoptic (or COCO instance) format, with any model siz
 
 The folder layout, evaluation, prediction and bad files: README.md, "Train on your own data".
 
-Variants: `tiny` (the model and recipe of configs/tiny.py: CPU-sized, trained from scratch)
-and the official `r50`, `r101`, `swin_t`, `swin_s`, `swin_b`, `swin_l` (those of
-configs/coco_panoptic.py: LSJ crops of 1024, the COCO schedule; scale
---config.optim.max_steps and --config.optim.decay_steps to your data, and start from
-pretrained weights with --config.init_from).
+Variants: `tiny` (the model and recipe of configs/tiny.py: CPU-sized, trained from scratch),
+`slim` (the small test model of configs/tiny.py:slim, for tests) and the official `r50`,
+`r101`, `swin_t`, `swin_s`, `swin_b`, `swin_l` (those of configs/coco_panoptic.py: LSJ crops
+of 1024, the COCO schedule; scale --config.optim.max_steps and --config.optim.decay_steps to
+your data, and start from pretrained weights with --config.init_from).
 
 The number of classes, their names, thing/stuff flags and colours come from the JSON's
 categories (`model.num_classes` is None; a stated count that differs stops the run before
@@ -29,8 +29,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg: str = "tiny"):
-  if arg == "tiny":
-    config = config_lib.load_config_file(os.path.join(_HERE, "tiny.py"))
+  if arg in ("tiny", "slim"):
+    config = config_lib.load_config_file(
+        os.path.join(_HERE, "tiny.py" + (":slim" if arg == "slim" else "")))
   else:
     config = config_lib.load_config_file(os.path.join(_HERE, f"coco_panoptic.py:{arg}"))
   # The data section of coco_format: the recipe and test-time size of the variant stay.

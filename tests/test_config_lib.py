@@ -13,9 +13,9 @@ from m2f_jax.data import video_pipeline
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 VARIANTS = {
-    "tiny": [""], "coco_panoptic": ["r50", "swin_l"], "coco_instance": ["r50"],
+    "tiny": ["", "slim"], "coco_panoptic": ["r50", "swin_l"], "coco_instance": ["r50"],
     "ade20k_semantic": ["r50", "swin_l"], "cityscapes_semantic": ["r50"],
-    "cityscapes_panoptic": ["r50"], "custom": ["tiny", "r50", "swin_l"],
+    "cityscapes_panoptic": ["r50"], "custom": ["tiny", "slim", "r50", "swin_l"],
     "ytvis_2019": ["r50", "swin_l"], "ytvis_2021": ["r50", "swin_l"], "synthetic_video": [""],
     "vipseg": ["r50", "swin_l"],
 }
@@ -94,3 +94,12 @@ def test_video_panoptic_configs():
   # One evaluation shape, and every VPQ window fits the videos.
   assert synthetic.data.video_frames >= max(synthetic.eval.vpq_windows)
   assert tuple(synthetic.data.video_size) == (96, 96)
+
+
+def test_tiny_slim_is_the_tiny_recipe_with_a_small_model_and_unknown_variants_raise():
+  tiny, slim = _load("tiny", ""), _load("tiny", "slim")
+  assert slim.model.backbone.depths == [1, 1, 1, 1] and slim.model.encoder_layers == 1
+  for section in ("data", "loss", "optim", "train", "eval"):
+    assert slim[section].to_dict() == tiny[section].to_dict(), section
+  with pytest.raises(ValueError, match="configs/tiny.py:slim"):
+    _load("tiny", "slimm")
