@@ -140,8 +140,7 @@ def test_compact_batches_expand_to_the_dense_batches(augmentation, task):
 def test_train_step_loss_is_the_same_from_compact_and_dense_batches():
   from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import train_step  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
-  config.model.update(encoder_layers=1, decoder_layers=2)
+  config = config_lib.load_config_file(f"{REPO / 'configs' / 'tiny.py'}:slim")  # a small model
   config.data.image_size = (64, 64)
   config.loss.train_num_points = 256
   model, tx, _ = train_step.abstract_train_state(config)
