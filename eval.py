@@ -36,45 +36,13 @@ flags.DEFINE_bool("cpu_malloc", False, "CPU runs: re-execute this command once w
 flags.DEFINE_bool("verbose", False, "Print tracebacks of user errors (also: M2F_VERBOSE=1).")
 
 
-def load(path: str, config):
-  """`(config, model, variables)` of --checkpoint; CheckpointError if it cannot serve."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from m2f_jax.models import mask2former  # pylint: disable=g-import-not-at-top
-  try:
-    config, model, variables = checkpoint.load_for_inference(path, config)
-  except FileNotFoundError as e:
-    raise errors.CheckpointError(f"--checkpoint: {e}") from e
-  except Exception as e:  # pylint: disable=broad-except  (damaged, or config.json replaced)
-    raise errors.CheckpointError(
-        f"--checkpoint {path}: its weights do not restore with its config ({type(e).__name__}"
-        f": {errors.one_line(e, 1)[:200]}); is it damaged, or its config.json not the one it "
-        "was trained with?") from e
-
-  def shapes(tree) -> dict:  # {"['params']['...']": shape}
-    tree = {k: v for k, v in tree.items() if jax.tree.leaves(v)}  # no empty batch_stats
-    return {jax.tree_util.keystr(k): tuple(x.shape)
-            for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  try:
-    want = shapes(mask2former.abstract_variables(model))
-  except Exception:  # pylint: disable=broad-except  (a model of other inputs: not compared)
-    return config, model, variables
-  got = shapes(variables)
-  if got != want:
-    name = next(k for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
-    raise errors.CheckpointError(
-        f"--checkpoint {path} is another architecture than the config's model: {name} is "
-        f"{got.get(name, 'absent')} in the checkpoint, {want.get(name, 'absent')} in the "
-        "model; evaluate it with its own config (omit --config) or the matching one")
-  return config, model, variables
-
-
 def main(argv):
   del argv
   host_malloc.apply_cpu_malloc_flag(flags.FLAGS.cpu_malloc)  # before JAX starts; opt-in
   from m2f_jax import evaluate  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  config, model, variables = load(f.checkpoint, f.config)
+  from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  config, model, variables = checkpoint.load_checked(f.checkpoint, f.config)  # or CheckpointError
   workdir = os.path.abspath(f.workdir or f.checkpoint)
   os.makedirs(workdir, exist_ok=True)
   from m2f_jax import evaluate_video  # pylint: disable=g-import-not-at-top

@@ -216,11 +216,7 @@ def main(args) -> int:
   """`python -m m2f_jax.predict --task video_instance|video_panoptic` (its parsed arguments:
   checkpoint, task, output, images = the folders of frames)."""
   from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  try:
-    config, model, variables = checkpoint.load_for_inference(args.checkpoint)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  config, model, variables = checkpoint.load_checked(args.checkpoint)  # or CheckpointError
   failed = predict_videos(config=config, model=model, variables=variables,
                           frame_dirs=list(args.images), output=args.output,
                           task=getattr(args, "task", "video_instance"))

@@ -8,6 +8,7 @@ import os
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 import PIL.Image
 from pycocotools import mask as mask_util
 
@@ -137,3 +138,15 @@ def test_predict_video_panoptic_writes_vipseg_layout(tmp_path, monkeypatch):
       first = dict(segments)
     assert segments == first  # the same ids in every frame
   assert not (out / "results.json").exists()
+
+
+def test_predict_video_of_a_missing_checkpoint_names_it(tmp_path):
+  """The video tasks read the checkpoint as the image tasks do (checkpoint.load_checked): one
+  CheckpointError line (the CLI prints it, status 2), before any output is written."""
+  from m2f_jax import errors  # pylint: disable=g-import-not-at-top
+  _frames(tmp_path / "in" / "walk", 2)
+  with pytest.raises(errors.CheckpointError, match=r"--checkpoint: .*/nothing is neither a "
+                                                   r"model directory"):
+    predict.main(["--checkpoint", str(tmp_path / "nothing"), "--task", "video_panoptic",
+                  "--output", str(tmp_path / "out"), str(tmp_path / "in" / "walk")])
+  assert not (tmp_path / "out").exists()
