@@ -1,7 +1,7 @@
 """End-to-end runs of the entry points on a tiny model: train.py, eval.py,
 `python -m m2f_jax.predict` and `python -m m2f_jax.convert`, each in a subprocess.
 
-One run of train.py (2 steps, 64x64 images, a slimmer tiny model) makes the checkpoint that
+One run of train.py (2 steps, 64x64 images, configs/tiny.py:slim) makes the checkpoint that
 every other command reads; those commands run side by side to keep the wall time low.
 The panoptic object threshold is 0 in the trained config, so that the barely trained model
 still yields panoptic segments to check.
@@ -27,11 +27,11 @@ TIMEOUT_S = 300
 # pycocotools' decode on numpy 2 (a library-internal warning).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TRAIN_FLAGS = (
-    f"--config.optim.max_steps={STEPS}", f"--config.data.image_size=({SIZE}, {SIZE})",
-    "--config.data.batch_size=2", f"--config.data.num_val={NUM_VAL}",
-    "--config.eval.batch_size=2", "--config.eval.object_mask_threshold=0.0",
-    "--config.train.log_every=1", "--config.model.decoder_layers=2",
-    "--config.model.encoder_layers=1", "--config.loss.train_num_points=256")
+    "--config=configs/tiny.py:slim", f"--config.optim.max_steps={STEPS}",
+    f"--config.data.image_size=({SIZE}, {SIZE})", "--config.data.batch_size=2",
+    f"--config.data.num_val={NUM_VAL}", "--config.eval.batch_size=2",
+    "--config.eval.object_mask_threshold=0.0", "--config.train.log_every=1",
+    "--config.loss.train_num_points=256")
 
 
 def _env() -> dict:
