@@ -5,7 +5,8 @@ configs/*.py. Each is parsed as train.py parses it (absl + ml_collections, locke
 the config its command names (`--config configs/X.py[:arg]`; train.py's default, the tiny
 config, when none; every official config for the placeholder `configs/X.py`): the key must
 exist and the value must parse. The flags that need no files of the user's (paths, datasets on
-disk) then run on the tiny config, all in one train.py run of 2 steps on 2 CPU devices.
+disk) then run on the tiny config's small test model (configs/tiny.py:slim), all in one
+train.py run of 2 steps on 2 CPU devices.
 Also: the official input-pipeline defaults are the ones benchmarks/README.md measured best, and
 the notebook states no metric figure (figures live, dated, in the README).
 """
@@ -37,10 +38,10 @@ NEEDS_FILES = {"init_from", "data.source_dir", "data.data_dir", "data.image_dir"
                "data.json_file", "data.panoptic_dir", "data.dataset"}
 # What makes the train.py run of the runnable flags small (as tests/test_entry_points.py).
 FAST_FLAGS = (
-    "--config.optim.max_steps=2", "--config.data.image_size=(64, 64)",
-    "--config.data.batch_size=2", "--config.data.num_val=2", "--config.eval.batch_size=2",
-    "--config.train.log_every=1", "--config.model.decoder_layers=2",
-    "--config.model.encoder_layers=1", "--config.loss.train_num_points=256")
+    f"--config={REPO / TINY}:slim", "--config.optim.max_steps=2",
+    "--config.data.image_size=(64, 64)", "--config.data.batch_size=2",
+    "--config.data.num_val=2", "--config.eval.batch_size=2", "--config.train.log_every=1",
+    "--config.loss.train_num_points=256")
 
 
 def _doc_texts() -> dict[str, str]:
@@ -127,7 +128,8 @@ def test_documented_flag_exists_and_parses(doc, config, key, value):
 
 @pytest.mark.slow
 def test_documented_flags_run_on_the_tiny_config(tmp_path):
-  """The flags that need no user files, all in one 2-step train.py run on 2 CPU devices."""
+  """The flags that need no user files, all in one 2-step train.py run on 2 CPU devices, on
+  configs/tiny.py:slim."""
   runnable = {}
   for doc, _, key, value in documented_flags():
     if key in NEEDS_FILES:
