@@ -1,12 +1,13 @@
 """Your own data end to end (configs/custom.py): train, move the workdir, evaluate, predict.
 
 A small COCO-panoptic dataset with the non-contiguous category ids 7, 12 (things) and 30
-(stuff) is written to a tmp dir; train.py trains the tiny custom config 2 steps on it (the
-class count comes from the JSON). The workdir is then moved and the source folder renamed, so
-eval.py, predict and a model export read only what the checkpoint stores (and the prepared
-tfds dataset for eval.py); their COCO-format outputs must carry the dataset's ids. Also: a
-stated num_classes that disagrees stops before step 1, instance-format data trains the
-instance task, and predict gives inputs of the same file name distinct outputs.
+(stuff) is written to a tmp dir; train.py trains the custom config's small test model
+(configs/custom.py:slim) 2 steps on it (the class count comes from the JSON). The workdir is
+then moved and the source folder renamed, so eval.py, predict and a model export read only
+what the checkpoint stores (and the prepared tfds dataset for eval.py); their COCO-format
+outputs must carry the dataset's ids. Also: a stated num_classes that disagrees stops before
+step 1, instance-format data trains the instance task, and predict gives inputs of the same
+file name distinct outputs.
 """
 
 import json
@@ -37,7 +38,6 @@ FAST_FLAGS = (
     "--config.data.batch_size=2", "--config.eval.batch_size=2",
     f"--config.eval.min_size={SIZE}", f"--config.eval.max_size={SIZE}",
     "--config.eval.object_mask_threshold=0.0", "--config.train.log_every=1",
-    "--config.model.decoder_layers=2", "--config.model.encoder_layers=1",
     "--config.loss.train_num_points=256")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -128,7 +128,7 @@ def moved(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("custom")
   flags = write_dataset(tmp / "mydata")
   workdir = tmp / "workdir"
-  run = _finish(_start("train.py", "--config=configs/custom.py:tiny", f"--workdir={workdir}",
+  run = _finish(_start("train.py", "--config=configs/custom.py:slim", f"--workdir={workdir}",
                        *FAST_FLAGS, *_data_flags(flags, tmp / "tfds")))
   _check(run)
   new_workdir = tmp / "moved" / "workdir"
