@@ -3,8 +3,8 @@ r"""Random kill -9 trials of train.py: does every resumed run log exactly the un
   python benchmarks/fault_trials.py --trials 20          # the issue #15 figure (target: 20/20)
   python benchmarks/fault_trials.py --trials 3 --steps 6 # a quick look
 
-One uninterrupted run of train.py (the tiny config, slimmed to 64x64 with 1 encoder and 2
-decoder stages so that a trial takes about a minute on 2 CPU cores) gives the reference losses.
+One uninterrupted run of train.py (configs/tiny.py:slim, the small test model, at 64x64 so
+that a trial takes about a minute on 2 CPU cores) gives the reference losses.
 Each trial then starts the same command in a fresh workdir, kills it with SIGKILL at a random
 moment: after a random logged step, or while a random checkpoint is being written (its
 temporary `STEP.orbax-checkpoint-tmp-*` directory exists), and runs the same command again to
@@ -28,8 +28,8 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SLIM = ("--config.model.encoder_layers=1", "--config.model.decoder_layers=2",
-        "--config.data.image_size=(64, 64)", "--config.data.num_train=64",
+SLIM = ("--config=configs/tiny.py:slim", "--config.data.image_size=(64, 64)",
+        "--config.data.num_train=64",
         "--config.data.num_val=2", "--config.eval.batch_size=2",
         "--config.loss.train_num_points=256", "--config.train.log_every=1",
         "--config.train.keep_checkpoints=100")
