@@ -32,7 +32,7 @@ Training never uses these options.
   python benchmarks/memory.py                          # R50 and Swin-L, 1024, batches 2 and 4
   python benchmarks/memory.py --size 512 --backbones r50 --dtypes float32
 
-Compiling one step takes 1-3 minutes and several GiB of host memory on a 2-core CPU.
+Compiling one step at 1024 takes 1-4 minutes and several GiB of host memory on a 2-core CPU.
 Needs jax, flax, optax (and ml_collections, or the stand-in of benchmarks/_common.py).
 """
 
