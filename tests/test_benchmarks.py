@@ -75,3 +75,16 @@ def test_matching_benchmark_solves_padded_costs_with_valid_cols():
   assert "M real of 6 target slots (valid_cols)" in run.stdout, run.stdout
   rows = [line.split() for line in run.stdout.splitlines()[2:]]
   assert [(r[0], r[1]) for r in rows] == [("4", "1"), ("4", "5")], run.stdout
+
+
+def test_video_panoptic_eval_benchmark_scores_truth_100_and_the_perturbed_prediction_lower(
+    capsys):
+  """The figures it prints come from the evaluator: VPQ / STQ 100 for the truth, lower for the
+  shifted-id prediction with void pixels (so its timing covers the matching branches)."""
+  bench = _load("video_panoptic_eval")
+  assert bench.main(["--videos", "2", "--frames", "8", "--size", "64"]) == 0  # every window fits
+  rows = {line[:22].strip(): line[22:].split() for line in capsys.readouterr().out.splitlines()
+          if line.startswith(("truth", "ids"))}
+  assert [float(x) for x in rows["truth as prediction"][2:]] == [100.0, 100.0]
+  vpq, stq = (float(x) for x in rows["ids shifted, 5% void"][2:])
+  assert 0 < vpq < 100 and 0 < stq < 100
