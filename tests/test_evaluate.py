@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from m2f_jax import config_lib
 from m2f_jax import evaluate
 from m2f_jax import inference
 from m2f_jax.data import pipeline
@@ -26,12 +27,7 @@ SIZES = [(50, 70), (64, 40), (60, 64), (33, 90), (50, 70), (70, 50), (64, 64), (
 
 
 def _tiny_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("_tiny", REPO / "configs" / "tiny.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.model.update(decoder_layers=2, encoder_layers=1)
+  config = config_lib.load_config_file(f"{REPO / 'configs' / 'tiny.py'}:slim")  # a small model
   config.eval.update(object_mask_threshold=0.0, min_size=None, max_size=None,
                      evaluators=("semantic", "panoptic", "instance"))
   return config
