@@ -3,7 +3,7 @@ written, changed configs, two runs on one workdir, dead processes, full disks, o
 strict JSON reports, images of odd modes and sizes.
 
 The unit tests run in this process; the end-to-end ones run train.py / eval.py in
-subprocesses on a slim tiny config (64x64, 1 encoder and 2 decoder stages) that share one
+subprocesses on configs/tiny.py:slim (the small test model) at 64x64 that share one
 persistent compilation cache, and are marked slow. One reference run (`reference`) trains
 STEPS steps with a checkpoint at every step; the other runs copy its workdir and break it.
 """
@@ -30,8 +30,8 @@ from m2f_jax import workdir as workdir_lib
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # a loaded 2-core machine: train.py runs take minutes
 STEPS = 6
-FLAGS = ("--config.model.encoder_layers=1", "--config.model.decoder_layers=2",
-         "--config.data.image_size=(64, 64)", "--config.data.num_train=64",
+CONFIG = "--config=configs/tiny.py:slim"  # the small test model
+FLAGS = ("--config.data.image_size=(64, 64)", "--config.data.num_train=64",
          "--config.data.num_val=2", "--config.eval.batch_size=2",
          "--config.loss.train_num_points=256", "--config.train.log_every=1",
          "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=20")
@@ -73,7 +73,8 @@ def _finish(proc, returncode: int | None = 0, timeout=TIMEOUT_S) -> subprocess.C
 
 
 def _train(workdir, *flags, cache_dir=None, **env) -> subprocess.Popen:
-  return _start(["train.py", f"--workdir={workdir}", *FLAGS, *flags], cache_dir, **env)
+  return _start(["train.py", f"--workdir={workdir}", CONFIG, *FLAGS, *flags], cache_dir,
+                **env)
 
 
 def _metrics(workdir) -> list[dict]:
@@ -150,7 +151,7 @@ def test_lock_without_flock_checks_the_named_process(tmp_path):
 
 def _tiny():
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  return tiny.get_config()
+  return tiny.get_config("slim")
 
 
 def test_config_check_refuses_shape_changes_and_records_safe_ones(tmp_path):
@@ -311,7 +312,7 @@ def test_eval_missing_checkpoint_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  """A model directory of the tiny config (random weights; the format convert writes)."""
+  """A model directory of the slim tiny config (random weights; the format convert writes)."""
   import jax  # pylint: disable=g-import-not-at-top
   from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from m2f_jax.models import mask2former  # pylint: disable=g-import-not-at-top
@@ -527,7 +528,7 @@ def test_dead_process_stops_the_other_within_the_heartbeat(victim):
 
 
 # ------------------------------------------------------------------------------------------
-# End to end: train.py and eval.py on a slim tiny config
+# End to end: train.py and eval.py on configs/tiny.py:slim
 # ------------------------------------------------------------------------------------------
 
 
@@ -762,7 +763,7 @@ def test_non_finite_loss_from_labels_beyond_num_classes(cache_dir, tmp_path):
 def _worker_main(job: dict):
   from configs import tiny  # pylint: disable=g-import-not-at-top
   from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
+  config = tiny.get_config("slim")
   for flag in job["flags"]:
     key, value = flag[len("--config."):].split("=")
     section, field = key.split(".")
