@@ -8,8 +8,9 @@ subprocesses run this file (`python -m tests.test_training WORKER_JSON`, see `_w
 or train.py, and share one persistent compilation cache, so the 1-device train step is
 compiled once for the whole module. The learning rate is constant (`optim.lr_schedule="step"`
 without decay steps): the compiled step then does not depend on `optim.max_steps`, and runs
-of different lengths share it. The model is the tiny config's with 1 encoder and 2 decoder
-stages (compile time: this file must stay within a few minutes on 2 cores).
+of different lengths share it. The model is configs/tiny.py:slim's (1 bottleneck per stage,
+1 encoder and 2 decoder stages; compile time: this file must stay within a few minutes on 2
+cores).
 """
 
 import json
@@ -28,10 +29,9 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 420
-# The tiny config at 64x64 with 256 points per mask; batch 8 (the tiny config's).
+CONFIG = "configs/tiny.py:slim"  # the small test model
+# The slim tiny config at 64x64 with 256 points per mask; batch 8 (the tiny config's).
 OVERRIDES = {
-    "model.encoder_layers": 1,
-    "model.decoder_layers": 2,  # the learnable queries' prediction + 1 masked-attention layer
     "data.image_size": (64, 64),
     "data.num_train": 64,  # 8 batches an epoch: the runs below cross epoch boundaries
     "data.num_val": 8,
@@ -90,7 +90,7 @@ def _finish(proc: subprocess.Popen, returncode: int | None = 0) -> subprocess.Co
 def _train_py(workdir, **overrides) -> list[str]:
   """train.py's command line for the test config (+ overrides) in `workdir`."""
   flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
-  return ["train.py", f"--workdir={workdir}", *flags]
+  return ["train.py", f"--workdir={workdir}", f"--config={CONFIG}", *flags]
 
 
 def _metrics(workdir) -> list[dict]:
@@ -379,7 +379,7 @@ def test_non_finite_loss_stops_training(tmp_path, cache_dir, reference):
                        r"in ([\w, ]+) \((.+)\); lower optim\.learning_rate, .*", message)
   assert match, message
   # Every term but loss_ce_0: the learnable queries' classes never see the image.
-  stages = [""] + [f"_{i}" for i in range(OVERRIDES["model.decoder_layers"] - 1)]
+  stages = [""] + [f"_{i}" for i in range(_config({}).model.decoder_layers - 1)]
   terms = {f"loss_{t}{s}" for t in ("ce", "mask", "dice") for s in stages} - {"loss_ce_0"}
   assert match.group(1).split(", ") == sorted(terms | {"total_loss"}), message
   assert all(v.endswith("=nan") for v in match.group(2).split(", ")), message
@@ -407,8 +407,8 @@ def _flat_numbers(tree, prefix="") -> dict:
 
 
 def _config(overrides: dict):
-  from configs import tiny  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
+  from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(str(REPO / CONFIG))
   # The official frozen-BN backbone: GroupNorm's reductions round differently per device
   # layout (2.4e-4 relative in grad_norm at step 2, over these tests' tolerances).
   config.model.backbone.norm = "frozen_bn"
