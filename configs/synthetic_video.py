@@ -10,6 +10,8 @@ the thing tubes; both in eval_results.json ("video_panoptic_seg", "vpq_windows",
 
   python train.py --config configs/synthetic_video.py --workdir /tmp/m2f_video
 
+`configs/synthetic_video.py:slim` builds the small test model of `configs/tiny.py:slim`.
+
 Every generated video has 8 frames of 96 x 96 (`data.video_frames`, `data.video_size`), so
 evaluation compiles the network once (varied lengths and sizes compile once per shape).
 data.task "video_instance" with model.num_classes 4 trains the thing tracks only (video
@@ -26,8 +28,9 @@ from m2f_jax import config_lib
 
 
 def get_config(arg: str = ""):
-  del arg
-  tiny = config_lib.load_config_file(__file__.replace("synthetic_video.py", "tiny.py"))
+  # "slim": configs/tiny.py:slim's small test model (tests); unknown args fail in tiny.py.
+  tiny = config_lib.load_config_file(__file__.replace("synthetic_video.py", "tiny.py")
+                                     + (f":{arg}" if arg else ""))
   model = tiny.model
   model.update(video=True, num_classes=7)  # the synthetic classes: 4 things, 3 stuff
   config = config_lib.base_config(model=model, dataset="synthetic_video",

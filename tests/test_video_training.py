@@ -18,7 +18,7 @@ T, SIZE, B, M = 2, 64, 2, 3
 
 
 def _config():
-  config = config_lib.load_config_file("configs/synthetic_video.py")
+  config = config_lib.load_config_file("configs/synthetic_video.py:slim")  # a small model
   config.data.update(image_size=(SIZE, SIZE), num_targets=M, batch_size=B)
   config.loss.train_num_points = 64
   return config
@@ -73,7 +73,7 @@ def test_train_step_on_clip_batches(state_and_step):
 
 def test_video_model_initialized_from_image_checkpoint(state_and_step, tmp_path):
   config, _, state, _ = state_and_step
-  image_config = config_lib.load_config_file("configs/tiny.py")  # an image model
+  image_config = config_lib.load_config_file("configs/tiny.py:slim")  # the same model, images
   num_classes = config.model.num_classes + 2  # another dataset's classes
   image_config.model.num_classes = num_classes
   image_config.data.class_names = [f"class_{i}" for i in range(num_classes)]
@@ -126,12 +126,11 @@ def test_video_panoptic_end_to_end(tmp_path):
     return done
 
   workdir = tmp_path / "train"
-  run("train.py", "--config", "configs/synthetic_video.py", "--workdir", str(workdir),
+  run("train.py", "--config", "configs/synthetic_video.py:slim", "--workdir", str(workdir),
       "--config.optim.max_steps=2", "--config.data.num_train=4", "--config.data.num_val=2",
       "--config.data.batch_size=2", "--config.data.image_size=(64, 64)",
       "--config.data.video_size=(64, 64)", "--config.eval.min_size=64",
       "--config.eval.max_size=64", "--config.eval.object_mask_threshold=0.0",
-      "--config.model.decoder_layers=2", "--config.model.encoder_layers=1",
       "--config.loss.train_num_points=256", "--config.train.log_every=1")
   report = json.loads((workdir / "eval_results.json").read_text())
   assert set(report["video_panoptic_seg"]) == {"VPQ", "VPQ_th", "VPQ_st", "STQ", "AQ", "SQ"}
