@@ -98,6 +98,9 @@ def model_config(backbone: ml_collections.ConfigDict, num_classes: int | None,
       video=False,
       # Video: backbone + pixel decoder on at most this many frames at a time (0: all; exact).
       frame_chunk=0,
+      # A per-pixel class head on the mask features (outputs "semantic_logits"), trained by
+      # loss.semantic_weight; not in the official model (False: none). Inference ignores it.
+      semantic_head=False,
   ))
 
 
@@ -114,6 +117,9 @@ def loss_config() -> ml_collections.ConfigDict:
       # Video: an instance with no pixel in the last frame of its clip is trained as "no
       # object" (the official mapper + prepare_targets quirk); False: its own class.
       video_absent_last_frame_no_object=True,
+      # Weight of the dense auxiliary class loss on model.semantic_head's per-pixel logits
+      # (`m2f_jax.criterion.semantic_loss`); 0 (official): none.
+      semantic_weight=0.0,
   ))
 
 

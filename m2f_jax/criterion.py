@@ -299,6 +299,35 @@ def mask_losses(*, pred_masks: jnp.ndarray, target_masks: jnp.ndarray,
   return loss_mask, loss_dice
 
 
+def semantic_loss(*, semantic_logits: jnp.ndarray, target_labels: jnp.ndarray,
+                  target_masks: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """The dense auxiliary class loss of `model.semantic_head` (not in the official criterion).
+
+  Per-pixel cross-entropy of `semantic_logits` [B, (T,) h, w, K] against the class
+  distribution of the targets at that resolution: each low-resolution pixel's target is the
+  fraction of its block of full-resolution pixels that each class's target masks cover
+  (`target_masks` [B, M, (T,) H, W] with H, W multiples of h, w; `target_labels` [B, M] in
+  0..K-1, `valid` [B, M]). Pixels no valid target covers (void, padding) add nothing; the sum
+  is divided by the covered area of the (global) batch. Labels >= K (e.g. the video
+  "no object" relabelling) count as void.
+  """
+  num_classes = semantic_logits.shape[-1]
+  h, w = semantic_logits.shape[-3:-1]
+  big_h, big_w = target_masks.shape[-2:]
+  if big_h % h or big_w % w or target_masks.shape[:2] != target_labels.shape:
+    raise ValueError(f"semantic_loss: target masks {target_masks.shape} [B, M, (T,) H, W] "
+                     f"must tile the logits {semantic_logits.shape} [B, (T,) h, w, K]")
+  blocks = target_masks.reshape(*target_masks.shape[:-2], h, big_h // h, w, big_w // w)
+  cover = jnp.mean(blocks, axis=(-3, -1), dtype=jnp.float32)  # [B, M, (T,) h, w]
+  onehot = jax.nn.one_hot(target_labels, num_classes) * valid[..., None]  # [B, M, K]
+  cover = jnp.moveaxis(cover, 1, -1)  # [B, (T,) h, w, M]
+  target = jnp.einsum("b...m,bmk->b...k", cover, onehot)  # [B, (T,) h, w, K]
+  log_p = jax.nn.log_softmax(semantic_logits.astype(jnp.float32), axis=-1)
+  # The covered area is a sum of block fractions (>= 1 / block size when not 0): the floor
+  # only guards the batch where nothing is covered (the loss is then 0).
+  return -jnp.sum(target * log_p) / jnp.maximum(jnp.sum(target), 1e-6)
+
+
 def draw_all_points(key: jax.Array, *, num_stages: int, **kwargs) -> dict[str, jnp.ndarray]:
   """`draw_points` for each of `num_stages` decoder stages: arrays with a leading [S] axis.
 

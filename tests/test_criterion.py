@@ -259,3 +259,49 @@ def test_assignment_to_targets():
   query_index, matched = criterion.assignment_to_targets(rows, cols, valid)
   np.testing.assert_array_equal(matched, [[True, False, False, True]])
   np.testing.assert_array_equal(np.where(matched, query_index, -1), [[2, -1, -1, 0]])
+
+
+def test_semantic_loss_hand_computed():
+  """The dense auxiliary loss: per low-resolution pixel, the class fractions of its block."""
+  k = 3
+  logits = np.random.default_rng(0).normal(size=(1, 2, 2, k)).astype(np.float32)
+  masks = np.zeros((1, 3, 4, 4), np.uint8)
+  masks[0, 0, :2, :2] = 1        # class 2 fills block (0, 0)
+  masks[0, 1, :2, 2:3] = 1       # class 0 covers half of block (0, 1)
+  masks[0, 2, 2:, :] = 1         # a padding slot: ignored (blocks (1, *) stay void)
+  labels = np.array([[2, 0, 1]])
+  valid = np.array([[True, True, False]])
+  log_p = logits[0] - np.log(np.exp(logits[0]).sum(-1, keepdims=True))
+  want = -(1.0 * log_p[0, 0, 2] + 0.5 * log_p[0, 1, 0]) / 1.5
+  got = criterion.semantic_loss(semantic_logits=logits, target_labels=labels,
+                                target_masks=masks, valid=valid)
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
+  # A label >= K (the video "no object" relabelling) counts as void, like no target.
+  void = criterion.semantic_loss(semantic_logits=logits, target_labels=np.array([[k, 0, 1]]),
+                                 target_masks=masks, valid=valid)
+  np.testing.assert_allclose(float(void), -log_p[0, 1, 0], rtol=1e-6)
+  # Nothing covered: zero, finite gradient.
+  grad = jax.grad(lambda lg: criterion.semantic_loss(
+      semantic_logits=lg, target_labels=labels, target_masks=masks,
+      valid=np.zeros_like(valid)))(jnp.asarray(logits))
+  assert np.all(np.asarray(grad) == 0)
+
+
+def test_semantic_loss_of_clips_is_that_of_their_frames():
+  rng = np.random.default_rng(1)
+  b, m, t, k = 2, 3, 4, 5
+  logits = rng.normal(size=(b, t, 4, 6, k)).astype(np.float32)
+  masks = (rng.uniform(size=(b, m, t, 8, 12)) < 0.3).astype(np.uint8)
+  labels = rng.integers(0, k, (b, m))
+  valid = np.array([[True, True, False], [True, False, True]])
+  clip = criterion.semantic_loss(semantic_logits=logits, target_labels=labels,
+                                 target_masks=masks, valid=valid)
+  frames = criterion.semantic_loss(  # frames as images: targets repeated per frame
+      semantic_logits=logits.reshape(b * t, 4, 6, k),
+      target_labels=np.repeat(labels, t, axis=0),
+      target_masks=masks.transpose(0, 2, 1, 3, 4).reshape(b * t, m, 8, 12),
+      valid=np.repeat(valid, t, axis=0))
+  np.testing.assert_allclose(float(clip), float(frames), rtol=1e-6)
+  with pytest.raises(ValueError, match="must tile the logits"):
+    criterion.semantic_loss(semantic_logits=logits, target_labels=labels,
+                            target_masks=masks[..., :7, :], valid=valid)

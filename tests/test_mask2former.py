@@ -62,3 +62,17 @@ def test_rejects_bad_input_shapes(tiny, shape):
   _, model, variables, _ = tiny
   with pytest.raises(ValueError, match="multiples of 32"):
     model.apply(variables, jnp.zeros(shape))
+
+
+def test_semantic_head_is_a_training_output(tiny):
+  cfg = tiny[0].copy_and_resolve_references()
+  cfg.semantic_head = True
+  model = build_model(cfg)
+  images = tiny[3]
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(1), images)
+  assert variables["params"]["semantic_head"]["kernel"].shape == (cfg.mask_feature_size,
+                                                                  cfg.num_classes)
+  variables = model.init(jax.random.PRNGKey(1), images)
+  train = model.apply(variables, images, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert train["semantic_logits"].shape == (2, 16, 24, cfg.num_classes)
+  assert "semantic_logits" not in model.apply(variables, images)  # inference: not returned

@@ -248,6 +248,37 @@ def test_check_finite_names_the_step_and_the_term():
                        "loss_mask_2": 0.5, "grad_norm": math.nan}, 12)
 
 
+@pytest.mark.slow  # two compilations of the small model's train step
+def test_semantic_head_adds_its_weighted_loss():
+  """loss.semantic_weight adds weight x loss_sem to the official total, nothing else."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from m2f_jax.training import train_step  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(f"{REPO / 'configs' / 'tiny.py'}:slim")
+  config.loss.train_num_points = 64
+  config.model.semantic_head = True
+  model, tx, _ = train_step.abstract_train_state(config)
+  state = train_step.create_train_state(model, tx, jax.random.PRNGKey(0), (64, 64))
+  rng = np.random.default_rng(0)
+  masks = np.zeros((2, 4, 64, 64), np.uint8)
+  masks[:, 0, :32], masks[:, 1, 32:, :20], masks[:, 2, 40:, 30:] = 1, 1, 1
+  batch = {"images": rng.normal(size=(2, 64, 64, 3)).astype(np.float32),
+           "padding_mask": np.ones((2, 64, 64), bool), "masks": masks,
+           "labels": np.array([[4, 0, 2, 0], [5, 1, 3, 0]], np.int32),
+           "valid": np.array([[True, True, True, False]] * 2)}
+  metrics = {}
+  for weight in (0.0, 3.0):
+    config.loss.semantic_weight = weight
+    _, metrics[weight] = jax.jit(train_step.make_train_step(model, tx, config))(state, batch)
+  assert "loss_sem" not in metrics[0.0] and float(metrics[3.0]["loss_sem"]) > 0
+  np.testing.assert_allclose(
+      float(metrics[3.0]["total_loss"]),
+      float(metrics[0.0]["total_loss"]) + 3.0 * float(metrics[3.0]["loss_sem"]), rtol=1e-5)
+  config.model.semantic_head = False
+  with pytest.raises(ValueError, match="set config.model.semantic_head = True"):
+    train_step.make_train_step(model, tx, config)
+
+
 def test_device_count_and_param_sharding_give_the_same_update(tmp_path, cache_dir, reference):
   """8 fake devices (parameters replicated, and sharded with train.shard_params) vs 1."""
   proc = _start_worker({"mode": "steps", "out": str(tmp_path),

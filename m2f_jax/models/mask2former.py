@@ -16,6 +16,7 @@ from m2f_jax.models.backbones.resnet import ResNet
 from m2f_jax.models.backbones.swin import Swin
 from m2f_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
 from m2f_jax.models.pixel_decoder import PixelLevelModule
+from m2f_jax.models.pixel_decoder import semantic_logits
 from m2f_jax.models.transformer_decoder import TransformerModule
 
 if TYPE_CHECKING:  # configs are ml_collections.ConfigDicts; any object with attributes
@@ -33,10 +34,14 @@ class Mask2Former(nn.Module):
     pred_masks  [B, Q, H/4, W/4] mask logits of the last layer,
     aux_logits  [L, B, Q, K+1]   the earlier predictions in order: index 0 comes from the
     aux_masks   [L, B, Q, H/4, W/4] learnable queries before the first layer, L = layers.
+  With `semantic_head` and `train`, also
+    semantic_logits [B, H/4, W/4, K]  per-pixel class logits of the mask features (see
+      `m2f_jax.models.pixel_decoder.semantic_logits`).
   """
   pixel_level_module: PixelLevelModule
   transformer_module: nn.Module
   num_classes: int
+  semantic_head: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -54,12 +59,17 @@ class Mask2Former(nn.Module):
     logits = logits.astype(jnp.float32)
     masks = masks.astype(jnp.float32)
     assert masks.shape[1:] == (b, masks.shape[2], h // 4, w // 4), masks.shape
-    return {
+    outputs = {
         "pred_logits": logits[-1],
         "pred_masks": masks[-1],
         "aux_logits": logits[:-1],
         "aux_masks": masks[:-1],
     }
+    if self.semantic_head:  # created always (init runs with train=False), returned in training
+      sem = semantic_logits(mask_features, self.num_classes, self.dtype)
+      if train:
+        outputs["semantic_logits"] = sem
+    return outputs
 
 
 def build_backbone(cfg: "ml_collections.ConfigDict", dtype, remat: bool = False) -> nn.Module:
@@ -108,9 +118,11 @@ def build_model(cfg: "ml_collections.ConfigDict", *, remat: bool = False) -> nn.
     from m2f_jax.models.video import VideoMask2Former  # pylint: disable=g-import-not-at-top
     return VideoMask2Former(
         pixel_level_module=pixel_level_module, transformer_module=transformer,
-        num_classes=cfg.num_classes, frame_chunk=cfg.get("frame_chunk", 0), dtype=dtype)
+        num_classes=cfg.num_classes, frame_chunk=cfg.get("frame_chunk", 0),
+        semantic_head=cfg.get("semantic_head", False), dtype=dtype)
   return Mask2Former(pixel_level_module=pixel_level_module, transformer_module=transformer,
-                     num_classes=cfg.num_classes, dtype=dtype)
+                     num_classes=cfg.num_classes, semantic_head=cfg.get("semantic_head", False),
+                     dtype=dtype)
 
 
 def example_input_shape(model: nn.Module, height: int = 64, width: int = 64,

@@ -247,3 +247,17 @@ class PixelLevelModule(nn.Module):
   def __call__(self, images, *, train: bool = False):
     features = self.encoder(images, train=train)  # res2..res5, NHWC
     return self.decoder(features, train=train)
+
+
+def semantic_logits(mask_features: jnp.ndarray, num_classes: int, dtype) -> jnp.ndarray:
+  """The optional per-pixel class head: [..., h, w, C] mask features -> [..., h, w, K].
+
+  Not part of the official model: a linear classifier of every mask-feature pixel, trained by
+  a dense auxiliary loss (`m2f_jax.criterion.semantic_loss`, weight `loss.semantic_weight`)
+  so that a model trained from scratch gets a class signal at every pixel, not only through
+  the few matched queries. Inference does not use it. Call inside a compact module
+  (the image and the video model do).
+  """
+  return nn.Dense(num_classes, dtype=dtype, name="semantic_head")(mask_features).astype(
+      jnp.float32)
+

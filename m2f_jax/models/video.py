@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from m2f_jax.models.pixel_decoder import PixelLevelModule
+from m2f_jax.models.pixel_decoder import semantic_logits
 
 
 class VideoMask2Former(nn.Module):
@@ -37,6 +38,8 @@ class VideoMask2Former(nn.Module):
     pred_masks  [B, Q, T, H/4, W/4]  mask logits of the last layer, per frame,
     aux_logits  [L, B, Q, K+1]       the earlier stages in order (index 0: the learnable
     aux_masks   [L, B, Q, T, H/4, W/4]  queries before the first layer), as the image model.
+  With `semantic_head` and `train`, also semantic_logits [B, T, H/4, W/4, K] (per frame, as
+  the image model's).
 
   Attributes:
     frame_chunk: run the backbone and pixel decoder on at most this many frames (of the
@@ -46,6 +49,7 @@ class VideoMask2Former(nn.Module):
   transformer_module: nn.Module
   num_classes: int
   frame_chunk: int = 0
+  semantic_head: bool = False
   dtype: Any = jnp.float32
 
   clip_input: ClassVar[bool] = True  # inputs are [B, T, H, W, 3] (see `example_input_shape`)
@@ -80,9 +84,14 @@ class VideoMask2Former(nn.Module):
     logits = logits.astype(jnp.float32)
     masks = masks.astype(jnp.float32)
     assert masks.shape[1:] == (b, masks.shape[2], t, h // 4, w // 4), masks.shape
-    return {
+    outputs = {
         "pred_logits": logits[-1],
         "pred_masks": masks[-1],
         "aux_logits": logits[:-1],
         "aux_masks": masks[:-1],
     }
+    if self.semantic_head:  # created always (init runs with train=False), returned in training
+      sem = semantic_logits(unfold(mask_features), self.num_classes, self.dtype)
+      if train:
+        outputs["semantic_logits"] = sem
+    return outputs

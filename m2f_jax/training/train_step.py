@@ -117,6 +117,10 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
   video_absent_last_frame_no_object = config.model.get("video", False) and config.loss.get(
       "video_absent_last_frame_no_object", True)
   schedule = optim_lib.learning_rate_schedule(config.optim)
+  semantic_weight = config.loss.get("semantic_weight", 0.0)
+  if semantic_weight and not config.model.get("semantic_head", False):
+    raise ValueError(f"config.loss.semantic_weight = {semantic_weight} needs the per-pixel "
+                     "class head: set config.model.semantic_head = True (or the weight to 0)")
   if config.train.remat and not model.pixel_level_module.decoder.remat:
     raise ValueError("config.train.remat is True but the model was built without it: build "
                      "it with build_model(config.model, remat=True), as abstract_train_state "
@@ -132,6 +136,7 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
         batch, pixel_mean=config.model.pixel_mean, pixel_std=config.model.pixel_std,
         zero_padding=config.data.augmentation == "synthetic")
     targets = {k: batch[k] for k in ("labels", "masks", "valid")}
+    class_labels = targets["labels"]  # before the video relabelling (semantic_loss)
     if video_absent_last_frame_no_object:
       targets["labels"] = official_video_labels(targets["labels"], targets["masks"],
                                                 model.num_classes)
@@ -144,6 +149,11 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
       outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
       losses = criterion.set_criterion(outputs=outputs, targets=targets, key=point_rng,
                                        num_masks=num_masks, **kwargs)
+      if semantic_weight:
+        losses["loss_sem"] = criterion.semantic_loss(
+            semantic_logits=outputs["semantic_logits"], target_labels=class_labels,
+            target_masks=targets["masks"], valid=targets["valid"])
+        losses["total_loss"] = losses["total_loss"] + semantic_weight * losses["loss_sem"]
       return losses["total_loss"], losses
 
     grads, losses = jax.grad(loss_fn, has_aux=True)(state.params)
