@@ -1,7 +1,8 @@
 r"""A tiny Mask2Former for tests, notebooks and CPU runs on the synthetic dataset.
 
 A ResNet of basic blocks (2 per stage, 64-512 channels), 64-wide pixel and transformer
-decoders, 2 encoder and 3 masked-attention layers, 16 queries. Tests and notebooks import
+decoders, 2 encoder and 3 masked-attention layers, 16 queries, and an auxiliary per-pixel
+class head (`model.semantic_head`, training only). Tests and notebooks import
 this file; it is also the default of `train.py`.
 
   python train.py --config configs/tiny.py --workdir /tmp/m2f_tiny
@@ -40,6 +41,13 @@ def get_config(arg: str = ""):
   # classification is its bottleneck (measured: 300 steps, class_weight 5 and no clipping
   # gave PQ 9.0 / mIoU 18.1 against PQ 0 / mIoU 10.1 at the official values, 96x96).
   config.loss.class_weight = 5.0
+  # Not in the official model: a per-pixel class head on the mask features with a dense
+  # auxiliary loss (m2f_jax/criterion.py `semantic_loss`), a class signal at every pixel for
+  # a model trained from scratch. Measured (1000 steps, 2026-11-30): PQ 42.0 / PQ_st 87.6 /
+  # mIoU 47.4 against PQ 36.2 / PQ_st 75.1 / mIoU 32.8 without it; the stuff classes are
+  # learnt in every run. Inference does not use the head.
+  config.model.semantic_head = True
+  config.loss.semantic_weight = 5.0
   config.optim.clip_grad_norm = 0.0
   config.eval.update(batch_size=8, min_size=96, max_size=96)  # fit the longest side to 96
   config.optim.learning_rate = 1e-3

@@ -28,7 +28,7 @@ def get_config(arg=""):
   config = config_lib.load_config_file({path!r})
   config.model.backbone.norm = "frozen_bn"  # as the official models
   config.model.update(decoder_layers=3, encoder_layers=1)
-  return config
+  return config  # with configs/synthetic_video.py's semantic head: convert drops it
 '''
 
 
@@ -36,6 +36,7 @@ def _config():
   config = config_lib.load_config_file("configs/synthetic_video.py")
   config.model.backbone.norm = "frozen_bn"
   config.model.update(decoder_layers=3, encoder_layers=1)
+  config.model.semantic_head = False  # the official model has no per-pixel class head
   return config
 
 
@@ -145,6 +146,12 @@ def test_load_detectron2_video_pkl(official_pkl):
   assert flat_got.keys() == flat_want.keys()
   for k, v in flat_want.items():
     np.testing.assert_array_equal(np.asarray(flat_got[k]), v, err_msg="/".join(k))
+  # A config with the training-only semantic head (configs/synthetic_video.py's): the
+  # official file loads into the model without it.
+  config = _config()
+  config.model.semantic_head = True
+  _, got = convert.load_detectron2(path, config.model)
+  assert flax.traverse_util.flatten_dict(got).keys() == flat_want.keys()
 
 
 def test_convert_cli_video_pkl_and_errors(official_pkl, tmp_path, capsys):
@@ -156,6 +163,7 @@ def test_convert_cli_video_pkl_and_errors(official_pkl, tmp_path, capsys):
                            "--output", str(out)]) == 0
   config, model, variables = checkpoint.load_model(str(out))
   assert config.model.video and getattr(model, "clip_input", False)
+  assert not config.model.semantic_head and "semantic_head" not in variables["params"]
   np.testing.assert_array_equal(
       np.asarray(variables["params"]["class_predictor"]["kernel"]),
       want["params"]["class_predictor"]["kernel"])

@@ -81,15 +81,32 @@ def test_video_model_initialized_from_image_checkpoint(state_and_step, tmp_path)
   image_vars = image_model.init(jax.random.PRNGKey(5), jnp.zeros((1, SIZE, SIZE, 3)))
   directory = checkpoint.save_model(str(tmp_path / "image"), image_config, image_vars)
   got = checkpoints.initialize_from(str(directory), state, "resnet")
-  # Everything but the class head comes from the image model; the head keeps its fresh init.
-  theirs = dict(jax.tree_util.tree_leaves_with_path(image_vars["params"]))
-  for path, value in jax.tree_util.tree_leaves_with_path(got.params):
-    if "class_predictor" not in jax.tree_util.keystr(path):
-      np.testing.assert_array_equal(np.asarray(value), np.asarray(theirs[path]))
-  for a, b in zip(jax.tree.leaves(got.params["class_predictor"]),
-                  jax.tree.leaves(state.params["class_predictor"])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Everything but the class heads comes from the image model; the heads (class_predictor
+  # and the per-pixel semantic_head, both K-sized) keep their fresh init.
+  heads = ("class_predictor", "semantic_head")
+  assert config.model.semantic_head and image_config.model.semantic_head
+  _assert_from_checkpoint_but(heads, got, image_vars, state)
   assert got.params["class_predictor"]["bias"].shape == (config.model.num_classes + 1,)
+  # A checkpoint without the auxiliary head (e.g. an imported official one): a fresh head,
+  # everything else (class_predictor included: same classes) from the checkpoint.
+  image_config.model.update(num_classes=config.model.num_classes, semantic_head=False)
+  image_config.data.class_names = [f"class_{i}" for i in range(config.model.num_classes)]
+  image_vars = build_model(image_config.model).init(jax.random.PRNGKey(6),
+                                                     jnp.zeros((1, SIZE, SIZE, 3)))
+  assert "semantic_head" not in image_vars["params"]
+  directory = checkpoint.save_model(str(tmp_path / "official"), image_config, image_vars)
+  got = checkpoints.initialize_from(str(directory), state, "resnet")
+  _assert_from_checkpoint_but(("semantic_head",), got, image_vars, state)
+
+
+def _assert_from_checkpoint_but(heads, got, checkpoint_vars, fresh):
+  theirs = dict(jax.tree_util.tree_leaves_with_path(checkpoint_vars["params"]))
+  for path, value in jax.tree_util.tree_leaves_with_path(got.params):
+    if not any(head in jax.tree_util.keystr(path) for head in heads):
+      np.testing.assert_array_equal(np.asarray(value), np.asarray(theirs[path]))
+  for head in heads:
+    for a, b in zip(jax.tree.leaves(got.params[head]), jax.tree.leaves(fresh.params[head])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.slow  # minutes on a loaded 2-core machine (three compilations)

@@ -70,6 +70,7 @@ def main(argv=None) -> int:
         parser.error("--from detectron2 needs --config (the config the checkpoint was trained with)")
       config = config_lib.load_config_file(args.config)
       _, variables = detectron2.load_detectron2(args.source, config.model)
+      config.model.semantic_head = False  # the official model has none (load_detectron2)
   except (core.ConversionError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -40,7 +40,14 @@ def read_detectron2(path: str) -> dict[str, np.ndarray]:
 
 
 def load_detectron2(path: str, model_config: ml_collections.ConfigDict):
-  """`(model, variables)` for an official checkpoint and the `model` section of its config."""
+  """`(model, variables)` for an official checkpoint and the `model` section of its config.
+
+  The model is built without `semantic_head` (a training-only auxiliary head the official
+  model does not have; `train.py --config.init_from` adds a fresh one where a config asks).
+  """
+  if model_config.get("semantic_head", False):
+    model_config = model_config.copy_and_resolve_references()
+    model_config.semantic_head = False
   model = build_model(model_config)
   renamed = names.detectron2_to_hf_names(read_detectron2(path), model_config.backbone.name)
   return model, hf_convert.hf_variables(model, renamed, source=path)

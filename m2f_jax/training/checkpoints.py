@@ -235,21 +235,32 @@ def restore_checkpoint(manager, abstract_state, data_iter, step: int | None = No
   return restored["state"]
 
 
-def _keep_class_head_if_resized(path: str, loaded: dict, variables: dict) -> dict:
-  """`loaded` with this model's fresh `class_predictor` when the class counts differ.
+def _fresh_heads(path: str, loaded: dict, variables: dict) -> dict:
+  """`loaded` with this model's fresh `class_predictor` when the class counts differ, and
+  its fresh `semantic_head` when the checkpoint has none or one of another class count.
 
   As the official video training initialized from a COCO instance model (Detectron2's
   checkpointer skips the class head whose shape changed): image and video models share every
-  other parameter, so an image checkpoint initializes a video model of another dataset.
+  other parameter, so an image checkpoint initializes a video model of another dataset. The
+  per-pixel `semantic_head` (`model.semantic_head`, not in the official model) is trained
+  from scratch when the checkpoint (e.g. an imported official one) lacks it.
   """
-  head = "class_predictor"
-  ours, theirs = variables["params"].get(head), dict(loaded["params"]).get(head)
-  if ours is None or theirs is None or (
-      jax.tree.map(np.shape, dict(ours)) == jax.tree.map(np.shape, dict(theirs))):
-    return loaded
-  logging.warning("init_from=%s: class head %s re-initialized (checkpoint %s, model %s)",
-                  path, head, np.shape(theirs["kernel"]), np.shape(ours["kernel"]))
-  return {**loaded, "params": {**dict(loaded["params"]), head: ours}}
+  params = dict(loaded["params"])
+  for head in ("class_predictor", "semantic_head"):
+    ours, theirs = variables["params"].get(head), params.get(head)
+    if ours is None and theirs is not None and head == "semantic_head":
+      params.pop(head)  # a model without the auxiliary head: dropped
+      continue
+    if ours is None or (theirs is not None and jax.tree.map(np.shape, dict(ours))
+                        == jax.tree.map(np.shape, dict(theirs))):
+      continue
+    if theirs is None and head == "class_predictor":
+      continue  # not a Mask2Former checkpoint: the shape check below names it
+    logging.warning("init_from=%s: %s initialized afresh (checkpoint %s, model %s)", path,
+                    head, None if theirs is None else np.shape(theirs["kernel"]),
+                    np.shape(ours["kernel"]))
+    params[head] = ours
+  return {**loaded, "params": params}
 
 
 def initialize_from(path: str, state: TrainState, backbone: str) -> TrainState:
@@ -261,7 +272,7 @@ def initialize_from(path: str, state: TrainState, backbone: str) -> TrainState:
     except FileNotFoundError as e:
       raise CheckpointError(f"init_from={path}: {e}") from None
     loaded = {"batch_stats": {}, **loaded}  # models without batch_stats save none
-    loaded = _keep_class_head_if_resized(path, loaded, variables)  # e.g. COCO -> YouTube-VIS
+    loaded = _fresh_heads(path, loaded, variables)  # e.g. COCO -> YouTube-VIS
     shapes = jax.tree.map(np.shape, variables)
     if jax.tree.map(np.shape, dict(loaded)) != shapes:
       raise CheckpointError(f"init_from={path}: its variables do not match this config's "
