@@ -18,7 +18,9 @@ data.task "video_instance" with model.num_classes 4 trains the thing tracks only
 instance segmentation, AP only).
 
 Differs from the official video recipe (mask2former_video) where noted in configs/tiny.py
-(class weight 5, no gradient clipping, learning rate 1e-3), and: an instance absent from the
+(class weight 5, no gradient clipping, learning rate 1e-3, the auxiliary per-pixel class head
+`model.semantic_head` with `loss.semantic_weight` 5: measured 2026-11-30, 900 steps, VPQ 35.0
+/ STQ 24.3 / AP 3.0 with it against VPQ 0.0 / STQ 0.0 / AP 2.6 without), and: an instance absent from the
 last frame of its clip keeps its class (`loss.video_absent_last_frame_no_object=False`; the
 official YouTube-VIS mapper's quirk would make a stuff class missing from the last frame
 "no object").

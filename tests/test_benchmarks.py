@@ -88,3 +88,21 @@ def test_video_panoptic_eval_benchmark_scores_truth_100_and_the_perturbed_predic
   assert [float(x) for x in rows["truth as prediction"][2:]] == [100.0, 100.0]
   vpq, stq = (float(x) for x in rows["ids shifted, 5% void"][2:])
   assert 0 < vpq < 100 and 0 < stq < 100
+
+
+def test_shape_probe_block_truth_and_a_short_run(capsys):
+  bench = _load("shape_probe")
+  masks = np.zeros((1, 2, 4, 8), np.uint8)
+  masks[0, 0, :, :4] = 1  # class 3 fills block (0, 0)
+  masks[0, 1, :2, 4:] = 1  # class 1 covers half of block (0, 1): not more than half
+  truth = bench.block_truth(masks, np.array([[3, 1]]), np.array([[True, True]]), 7)
+  np.testing.assert_array_equal(truth, [[[3, -1]]])
+  masks[0, 1, :3, 4:] = 1  # now 3/4 of it
+  truth = bench.block_truth(masks, np.array([[3, 1]]), np.array([[True, False]]), 7)
+  np.testing.assert_array_equal(truth, [[[3, -1]]])  # an invalid target counts as nothing
+  assert bench.main(["--config", f"{REPO / 'configs' / 'tiny.py'}:slim", "--steps", "2",
+                     "--image-size", "32", "--eval-images", "8"]) == 0
+  out = capsys.readouterr().out
+  iou = [line for line in out.splitlines() if line.startswith("IoU")][0].split()[1:]
+  assert len(iou) == 14 and all(0 <= float(v) <= 100 for v in iou[1::2]), iou
+  assert "mean IoU  things" in out and out.count("\n") > 10
