@@ -412,6 +412,8 @@ def test_non_finite_loss_stops_training(tmp_path, cache_dir, reference):
   # Every term but loss_ce_0: the learnable queries' classes never see the image.
   stages = [""] + [f"_{i}" for i in range(_config({}).model.decoder_layers - 1)]
   terms = {f"loss_{t}{s}" for t in ("ce", "mask", "dice") for s in stages} - {"loss_ce_0"}
+  if _config({}).loss.semantic_weight:  # the per-pixel auxiliary loss sees the image too
+    terms.add("loss_sem")
   assert match.group(1).split(", ") == sorted(terms | {"total_loss"}), message
   assert all(v.endswith("=nan") for v in match.group(2).split(", ")), message
   assert [m["step"] for m in _metrics(tmp_path)] == [1, 2, 3]
