@@ -175,3 +175,11 @@ def test_video_panoptic_end_to_end(tmp_path):
   assert (tmp_path / "pred" / "clip.gif").exists()
   assert sorted(os.listdir(tmp_path / "pred" / "pan_pred" / "clip")) == [
       "000.png", "001.png", "002.png"]
+
+
+def test_fresh_heads_drops_a_semantic_head_the_model_has_not():
+  kernel = lambda k: {"kernel": np.zeros((4, k)), "bias": np.zeros(k)}
+  loaded = {"params": {"class_predictor": kernel(8), "semantic_head": kernel(7), "x": 1}}
+  model = {"params": {"class_predictor": kernel(8), "x": 0}}
+  got = checkpoints._fresh_heads("ckpt", loaded, model)  # pylint: disable=protected-access
+  assert sorted(got["params"]) == ["class_predictor", "x"] and got["params"]["x"] == 1

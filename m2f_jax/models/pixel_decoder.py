@@ -260,4 +260,3 @@ def semantic_logits(mask_features: jnp.ndarray, num_classes: int, dtype) -> jnp.
   """
   return nn.Dense(num_classes, dtype=dtype, name="semantic_head")(mask_features).astype(
       jnp.float32)
-

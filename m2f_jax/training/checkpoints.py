@@ -248,14 +248,15 @@ def _fresh_heads(path: str, loaded: dict, variables: dict) -> dict:
   params = dict(loaded["params"])
   for head in ("class_predictor", "semantic_head"):
     ours, theirs = variables["params"].get(head), params.get(head)
-    if ours is None and theirs is not None and head == "semantic_head":
-      params.pop(head)  # a model without the auxiliary head: dropped
-      continue
-    if ours is None or (theirs is not None and jax.tree.map(np.shape, dict(ours))
-                        == jax.tree.map(np.shape, dict(theirs))):
+    if ours is None:  # this model has no such head: a checkpoint's semantic head is dropped
+      if head == "semantic_head":
+        params.pop(head, None)
       continue
     if theirs is None and head == "class_predictor":
       continue  # not a Mask2Former checkpoint: the shape check below names it
+    if theirs is not None and (jax.tree.map(np.shape, dict(ours))
+                               == jax.tree.map(np.shape, dict(theirs))):
+      continue
     logging.warning("init_from=%s: %s initialized afresh (checkpoint %s, model %s)", path,
                     head, None if theirs is None else np.shape(theirs["kernel"]),
                     np.shape(ours["kernel"]))
