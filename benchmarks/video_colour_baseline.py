@@ -1,0 +1,144 @@
+r"""A network-free video panoptic baseline that sees only colour, beside the model's VPQ.
+
+  python benchmarks/video_colour_baseline.py                           # the main video job's
+  python benchmarks/video_colour_baseline.py --workdir /tmp/m2f_video   # + the model's VPQ
+
+The image baseline of `benchmarks/colour_baseline.py` run on every frame, with tracks: a
+Gaussian colour model per class fitted on the frames of `--train-videos` training videos,
+every pixel labelled by the class of highest posterior and smoothed by a 3x3 mode filter;
+each stuff class is one segment over the whole video (one id, so stuff tubes are perfect
+whenever the classes are); each 8-connected component of a thing class (at least
+`--min-area` pixels) continues the track of the previous frame's component of the same class
+that it overlaps most (greedy, by overlap), or starts a new track.
+
+The videos are those the main video job evaluates (`configs/synthetic_video.py`'s data
+section: `data.num_val` validation videos of `data.video_frames` frames of
+`data.video_size`), scored with the evaluator `eval.py` uses (`m2f_jax.evaluation.
+video_panoptic`: VIPSeg's VPQ over windows of 1, 2, 4, 6, 8 frames, and STQ). The video
+AP needs scored tubes and is not computed here. `--workdir` reads the model's figures from
+its `eval_results.json`.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from colour_baseline import ColourModel
+from colour_baseline import mode_filter
+from m2f_jax import config_lib
+from m2f_jax.data import synthetic
+from m2f_jax.data import synthetic_video
+from m2f_jax.evaluation import video_panoptic
+from video_panoptic_eval import frame_segments
+
+
+def link_frame(classes: np.ndarray, isthing, previous: dict[int, tuple[int, np.ndarray]],
+               next_id: int, *, min_area: int, stuff_ids: dict[int, int]):
+  """One frame's class map -> (ids [H, W], segments, tracks, next_id).
+
+  `previous` maps a track id to (class, mask) in the previous frame; a thing component takes
+  the id of the same-class previous mask it overlaps most, each previous track at most once
+  (pairs taken in decreasing overlap), else the new id `next_id` (and next_id grows).
+  Stuff class k is always `stuff_ids[k]`.
+  """
+  ids = np.zeros(classes.shape, np.int64)
+  segments, parts = [], []
+  for k in np.unique(classes):
+    mask = classes == k
+    if not isthing[k]:
+      ids[mask] = stuff_ids[int(k)]
+      segments.append({"id": stuff_ids[int(k)], "category_id": int(k)})
+      continue
+    components, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    parts += [(int(k), part) for part in (components == c for c in range(1, n + 1))
+              if part.sum() >= min_area]
+  pairs = sorted(((int((part & old).sum()), i, track)
+                  for i, (k, part) in enumerate(parts)
+                  for track, (old_k, old) in previous.items() if old_k == k), reverse=True)
+  assigned, taken = {}, set()
+  for overlap, i, track in pairs:
+    if overlap > 0 and i not in assigned and track not in taken:
+      assigned[i] = track
+      taken.add(track)
+  tracks = {}
+  for i, (k, part) in enumerate(parts):
+    if i not in assigned:
+      assigned[i], next_id = next_id, next_id + 1
+    ids[part] = assigned[i]
+    segments.append({"id": assigned[i], "category_id": k})
+    tracks[assigned[i]] = (k, part)
+  return ids, segments, tracks, next_id
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", default="configs/synthetic_video.py",
+                      help="whose data section names the validation videos")
+  parser.add_argument("--num-val", type=int, help="validation videos (default: data.num_val)")
+  parser.add_argument("--train-videos", type=int, default=10)
+  parser.add_argument("--min-area", type=int, default=16, help="smallest thing component")
+  parser.add_argument("--workdir", help="a training workdir: print its eval_results.json")
+  parser.add_argument("--output", help="write the baseline's report here (JSON)")
+  args = parser.parse_args(argv)
+
+  data = config_lib.load_config_file(args.config).data
+  clip = dict(seed=data.seed, num_frames=data.video_frames,
+              image_size=tuple(data.video_size) if data.get("video_size") else None)
+  categories = [{k: c[k] for k in ("id", "name", "isthing")} for c in synthetic.CATEGORIES]
+  isthing = [bool(c["isthing"]) for c in categories]
+  num_classes = len(categories)
+  start = time.time()
+  train = [synthetic_video.generate_clip(i, split="train", **clip)
+           for i in range(args.train_videos)]
+  model = ColourModel(num_classes, ignore_label=synthetic.IGNORE_LABEL).fit(
+      [frame for v in train for frame in v["video"]],
+      [frame for v in train for frame in v["semantic"]])
+
+  evaluator = video_panoptic.VideoPanopticEvaluator(categories=categories)
+  num_val = args.num_val or data.num_val
+  for index in range(num_val):
+    video = synthetic_video.generate_clip(index, split="validation", **clip)
+    stuff_ids = {k: k + 1 for k in range(num_classes) if not isthing[k]}
+    tracks, next_id, pred_ids, pred_segments = {}, num_classes + 1, [], []
+    for frame in video["video"]:
+      classes = mode_filter(model.predict(frame), num_classes)
+      ids, segments, tracks, next_id = link_frame(classes, isthing, tracks, next_id,
+                                                  min_area=args.min_area, stuff_ids=stuff_ids)
+      pred_ids.append(ids)
+      pred_segments.append(segments)
+    evaluator.update(video_id=video["video_id"], gt_ids=video["panoptic"],
+                     gt_segments=frame_segments(video), pred_ids=pred_ids,
+                     pred_segments=pred_segments)
+  results = evaluator.compute()
+  report = results["video_panoptic_seg"]
+  print(f"colour baseline on {num_val} synthetic validation videos of {clip['num_frames']} "
+        f"frames (Gaussian colour model fitted on {args.train_videos} training videos; "
+        f"{time.time() - start:.1f} s)")
+  print("  ".join(f"{k} {v:.2f}" for k, v in report.items() if v is not None))
+  print("VPQ per window: " + ", ".join(f"{k}: {w['VPQ']:.2f}"
+                                       for k, w in results["vpq_windows"].items()))
+  line = f"VPQ: colour baseline {report['VPQ']:.1f}"
+  if args.workdir:
+    path = os.path.join(args.workdir, "eval_results.json")
+    with open(path) as f:
+      model_report = json.load(f)["video_panoptic_seg"]
+    line += f"   model ({path}) {model_report['VPQ']:.1f}"
+    line += f"   STQ: colour baseline {report['STQ']:.1f}   model {model_report['STQ']:.1f}"
+  print(line)
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+if __name__ == "__main__":
+  main()
