@@ -181,7 +181,7 @@ def test_config_check_refuses_shape_changes_and_records_safe_ones(tmp_path):
                              "train.log_every"]
   workdir_lib.record_changes(str(tmp_path), changes)
   entry = json.loads((tmp_path / workdir_lib.HISTORY_FILE).read_text().splitlines()[-1])
-  assert entry["changes"]["optim.max_steps"] == {"old": 1000, "new": 5000}
+  assert entry["changes"]["optim.max_steps"] == {"old": _tiny().optim.max_steps, "new": 5000}
   assert entry["pid"] == os.getpid()
 
 
