@@ -186,15 +186,25 @@ def main(argv=None):
   print(f"pixel accuracy {report['pixel_accuracy']:.2f}%")
   line = f"PQ: colour baseline {report['PQ']:.1f}"
   if args.workdir:
-    path = os.path.join(args.workdir, "eval_results.json")
-    with open(path) as f:
-      model_pq = json.load(f)["panoptic_seg"]["PQ"]
-    line += f"   model ({path}) {model_pq:.1f}"
+    path, model = model_results(args.workdir, "panoptic_seg")
+    line += f"   model ({path}) {model['PQ']:.1f}"
   print(line)
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump(report, f, indent=2)
+  write_report(args.output, report)
   return report
+
+
+def model_results(workdir: str, section: str) -> tuple[str, dict]:
+  """(path, `section`) of the `eval_results.json` that train.py / eval.py wrote in `workdir`."""
+  path = os.path.join(workdir, "eval_results.json")
+  with open(path) as f:
+    return path, json.load(f)[section]
+
+
+def write_report(path: str | None, report: dict):
+  """The baseline's report as JSON at `path` (nothing when None)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

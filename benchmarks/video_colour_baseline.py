@@ -20,7 +20,6 @@ its `eval_results.json`.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -34,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from colour_baseline import ColourModel
 from colour_baseline import mode_filter
+from colour_baseline import model_results
+from colour_baseline import write_report
 from m2f_jax import config_lib
 from m2f_jax.data import synthetic
 from m2f_jax.data import synthetic_video
@@ -128,15 +129,11 @@ def main(argv=None) -> dict:
                                        for k, w in results["vpq_windows"].items()))
   line = f"VPQ: colour baseline {report['VPQ']:.1f}"
   if args.workdir:
-    path = os.path.join(args.workdir, "eval_results.json")
-    with open(path) as f:
-      model_report = json.load(f)["video_panoptic_seg"]
-    line += f"   model ({path}) {model_report['VPQ']:.1f}"
-    line += f"   STQ: colour baseline {report['STQ']:.1f}   model {model_report['STQ']:.1f}"
+    path, model = model_results(args.workdir, "video_panoptic_seg")
+    line += f"   model ({path}) {model['VPQ']:.1f}"
+    line += f"   STQ: colour baseline {report['STQ']:.1f}   model {model['STQ']:.1f}"
   print(line)
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump(results, f, indent=2)
+  write_report(args.output, results)
   return results
 
 

@@ -5,6 +5,7 @@ tests run their helpers and the matching benchmark on tiny sizes.
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -166,3 +167,20 @@ def test_video_colour_baseline_links_components_into_tracks(capsys):
                        "--num-val", "2", "--train-videos", "2"])["video_panoptic_seg"]
   assert 0 <= report["VPQ"] <= 100 and 0 <= report["STQ"] <= 100
   assert "VPQ: colour baseline" in capsys.readouterr().out
+
+
+def test_colour_baseline_scores_and_prints_beside_the_model(tmp_path, capsys):
+  bench = _load("colour_baseline")
+  model = bench.ColourModel(2).fit([np.array([[[250, 0, 0], [0, 0, 250]]], np.uint8)] * 2,
+                                   [np.array([[0, 1]])] * 2)
+  np.testing.assert_array_equal(model.predict(np.array([[[240, 10, 5], [5, 5, 240]]],
+                                                       np.uint8)), [[0, 1]])
+  classes = np.zeros((6, 6), int)
+  classes[0, 0] = 1  # a lone pixel: the 3x3 mode filter removes it
+  np.testing.assert_array_equal(bench.mode_filter(classes, 2), np.zeros((6, 6)))
+  (tmp_path / "eval_results.json").write_text('{"panoptic_seg": {"PQ": 12.5}}')
+  report = bench.main(["--num-val", "4", "--train-images", "4", "--workdir", str(tmp_path),
+                       "--output", str(tmp_path / "baseline.json")])
+  assert 0 <= report["PQ"] <= 100 and 0 <= report["pixel_accuracy"] <= 100
+  assert f"model ({tmp_path / 'eval_results.json'}) 12.5" in capsys.readouterr().out
+  assert json.loads((tmp_path / "baseline.json").read_text())["PQ"] == report["PQ"]
