@@ -25,7 +25,6 @@ import sys
 import time
 
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from colour_baseline import ColourModel
 from colour_baseline import mode_filter
 from colour_baseline import model_results
+from colour_baseline import panoptic_from_classes
 from colour_baseline import write_report
 from m2f_jax import config_lib
 from m2f_jax.data import synthetic
@@ -51,17 +51,16 @@ def link_frame(classes: np.ndarray, isthing, previous: dict[int, tuple[int, np.n
   (pairs taken in decreasing overlap), else the new id `next_id` (and next_id grows).
   Stuff class k is always `stuff_ids[k]`.
   """
+  frame_ids, found = panoptic_from_classes(classes, isthing, min_area=min_area)
   ids = np.zeros(classes.shape, np.int64)
-  segments, parts = [], []
-  for k in np.unique(classes):
-    mask = classes == k
-    if not isthing[k]:
-      ids[mask] = stuff_ids[int(k)]
-      segments.append({"id": stuff_ids[int(k)], "category_id": int(k)})
-      continue
-    components, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    parts += [(int(k), part) for part in (components == c for c in range(1, n + 1))
-              if part.sum() >= min_area]
+  segments, parts = [], []  # parts: the thing components, (class, mask)
+  for segment in found:
+    k, mask = segment["class"], frame_ids == segment["id"]
+    if isthing[k]:
+      parts.append((k, mask))
+    else:
+      ids[mask] = stuff_ids[k]
+      segments.append({"id": stuff_ids[k], "category_id": k})
   pairs = sorted(((int((part & old).sum()), i, track)
                   for i, (k, part) in enumerate(parts)
                   for track, (old_k, old) in previous.items() if old_k == k), reverse=True)
@@ -106,9 +105,9 @@ def main(argv=None) -> dict:
 
   evaluator = video_panoptic.VideoPanopticEvaluator(categories=categories)
   num_val = args.num_val or data.num_val
+  stuff_ids = {k: k + 1 for k in range(num_classes) if not isthing[k]}  # the same in every frame
   for index in range(num_val):
     video = synthetic_video.generate_clip(index, split="validation", **clip)
-    stuff_ids = {k: k + 1 for k in range(num_classes) if not isthing[k]}
     tracks, next_id, pred_ids, pred_segments = {}, num_classes + 1, [], []
     for frame in video["video"]:
       classes = mode_filter(model.predict(frame), num_classes)
