@@ -104,7 +104,10 @@ def test_quickstart_installs_and_runs(tmp_path, monkeypatch):
   client = NotebookClient(nb, km=_kernel_manager(tmp_path / "kernels", python),
                           timeout=CELL_TIMEOUT_S, allow_errors=False,
                           resources={"metadata": {"path": str(workdir)}})
-  client.execute()  # raises CellExecutionError naming the failing cell
+  try:
+    client.execute()  # raises CellExecutionError naming the failing cell
+  finally:  # a kernel manager we made is ours to stop (nbclient stops only its own)
+    client.km.shutdown_kernel(now=True)
 
   code = [c for c in nb.cells if c.cell_type == "code"]
   text = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")

@@ -15,12 +15,12 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
-import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
+
+from tests import proc as proc_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -42,29 +42,15 @@ FAST_FLAGS = (
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-def _env() -> dict:
-  path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
-
-
 def _start(*args) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return proc_lib.start(*args)
 
 
 def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-  try:
-    stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    stdout, stderr = proc.communicate()
-  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+  return proc_lib.finish(proc, returncode=None, timeout=TIMEOUT_S)
 
 
-def _check(run: subprocess.CompletedProcess, returncode: int = 0):
-  assert run.returncode == returncode, (
-      f"{' '.join(map(str, run.args[1:]))} exited {run.returncode}\n--- stdout\n"
-      f"{run.stdout[-3000:]}\n--- stderr\n{run.stderr[-5000:]}")
+_check = proc_lib.check
 
 
 def _id_to_rgb(ids: np.ndarray) -> np.ndarray:

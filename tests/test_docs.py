@@ -23,6 +23,8 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
+from tests import proc as proc_lib
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # ml_collections loads config files with the deprecated load_module().
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -140,10 +142,7 @@ def test_documented_flags_run_on_the_tiny_config(tmp_path):
     runnable[key] = value
   assert runnable, "no runnable documented flag found"
   args = [f"--config.{k}={v}" for k, v in sorted(runnable.items())]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get(
-                 "PYTHONPATH", "").split(os.pathsep) if p]))
+  env = proc_lib.env(num_devices=2)
   workdir = tmp_path / "workdir"
   run = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}",
                         *FAST_FLAGS, *args], cwd=tmp_path, env=env, capture_output=True,

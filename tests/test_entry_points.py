@@ -8,15 +8,15 @@ still yields panoptic segments to check.
 """
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
 from pycocotools import mask as mask_util
 import pytest
+
+from tests import proc as proc_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 2
@@ -34,29 +34,15 @@ TRAIN_FLAGS = (
     "--config.loss.train_num_points=256")
 
 
-def _env() -> dict:
-  path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
-
-
 def _start(*args) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return proc_lib.start(*args)
 
 
 def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-  try:
-    stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    stdout, stderr = proc.communicate()
-  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+  return proc_lib.finish(proc, returncode=None, timeout=TIMEOUT_S)
 
 
-def _check(run: subprocess.CompletedProcess, returncode: int = 0):
-  assert run.returncode == returncode, (
-      f"{' '.join(run.args[1:])} exited {run.returncode}\n--- stdout\n{run.stdout[-3000:]}"
-      f"\n--- stderr\n{run.stderr[-5000:]}")
+_check = proc_lib.check
 
 
 def _png(path) -> np.ndarray:

@@ -19,6 +19,7 @@ from m2f_jax import inference
 from m2f_jax.data import pipeline
 from m2f_jax.data import synthetic
 from m2f_jax.models.mask2former import build_model
+from tests import proc as proc_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # (H, W) of the images: three padded sizes (64x96, 96x64, 64x64), two images of one size
@@ -114,13 +115,6 @@ def test_post_processing_compiles_once_per_padded_size(setup):
   assert inference.compilation_count() == 2 * len(padded)
 
 
-def _free_port() -> int:
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _evaluate_worker(job: dict):
   """One of the processes of `test_two_processes_match_one_process`."""
   jax.distributed.initialize(coordinator_address=job["coordinator"],
@@ -149,10 +143,8 @@ def test_two_processes_match_one_process(setup, tmp_path):
   config.eval.batch_size = 8
   one = evaluate.evaluate(config=config, model=model, variables=variables,
                           workdir=str(tmp_path / "one"), source=records, num_visualizations=0)
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+  port = proc_lib.free_port()
+  env = proc_lib.env(num_devices=2)
   procs = [subprocess.Popen(
       [sys.executable, "-m", "tests.test_evaluate", json.dumps({
           "coordinator": f"127.0.0.1:{port}", "num_processes": 2, "process_id": i,

@@ -3,9 +3,10 @@ written, changed configs, two runs on one workdir, dead processes, full disks, o
 strict JSON reports, images of odd modes and sizes.
 
 The unit tests run in this process; the end-to-end ones run train.py / eval.py in
-subprocesses on configs/tiny.py:slim (the small test model) at 64x64 that share one
-persistent compilation cache, and are marked slow. One reference run (`reference`) trains
-STEPS steps with a checkpoint at every step; the other runs copy its workdir and break it.
+subprocesses on configs/tiny.py:slim (the small test model) at 64x64 that share the
+session's persistent compilation cache (tests/conftest.py), and are marked slow. One
+reference run (`reference`) trains STEPS steps with a checkpoint at every step; the other
+runs copy its workdir and break it.
 """
 
 import errno
@@ -23,6 +24,8 @@ import time
 import numpy as np
 import PIL.Image
 import pytest
+
+from tests import proc as proc_lib
 
 from m2f_jax import errors
 from m2f_jax import workdir as workdir_lib
@@ -42,38 +45,23 @@ FLAGS = ("--config.data.image_size=(64, 64)", "--config.data.num_train=64",
 # ------------------------------------------------------------------------------------------
 
 
-def _env(cache_dir=None, **extra) -> dict:
-  path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-  env = {k: v for k, v in os.environ.items() if k != errors.VERBOSE_ENV}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path), **extra)
-  if cache_dir is not None:
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+def _env(**extra) -> dict:
+  env = proc_lib.env(**extra)
+  if errors.VERBOSE_ENV not in extra:
+    env.pop(errors.VERBOSE_ENV, None)
   return env
 
 
-def _start(args, cache_dir=None, **env) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO,
-                          env=_env(cache_dir, **env), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+def _start(args, **env) -> subprocess.Popen:
+  return proc_lib.start(*args, environ=_env(**env))
 
 
 def _finish(proc, returncode: int | None = 0, timeout=TIMEOUT_S) -> subprocess.CompletedProcess:
-  try:
-    stdout, stderr = proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    stdout, stderr = proc.communicate()
-  run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-  if returncode is not None:
-    assert run.returncode == returncode, (
-        f"{' '.join(map(str, run.args[1:]))[:300]} exited {run.returncode}, expected "
-        f"{returncode}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-6000:]}")
-  return run
+  return proc_lib.finish(proc, returncode, timeout)
 
 
-def _train(workdir, *flags, cache_dir=None, **env) -> subprocess.Popen:
-  return _start(["train.py", f"--workdir={workdir}", CONFIG, *FLAGS, *flags], cache_dir,
+def _train(workdir, *flags, **env) -> subprocess.Popen:
+  return _start(["train.py", f"--workdir={workdir}", CONFIG, *FLAGS, *flags],
                 **env)
 
 
@@ -533,15 +521,10 @@ def test_dead_process_stops_the_other_within_the_heartbeat(victim):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, cache_dir):
+def reference(tmp_path_factory):
   """STEPS steps of train.py with a checkpoint at every step (and the final evaluation)."""
   workdir = tmp_path_factory.mktemp("reference")
-  _finish(_train(workdir, f"--config.optim.max_steps={STEPS}", cache_dir=cache_dir))
+  _finish(_train(workdir, f"--config.optim.max_steps={STEPS}"))
   assert _steps(workdir) == list(range(1, STEPS + 1))
   return workdir
 
@@ -562,7 +545,7 @@ def _tree_bytes(path) -> int:
 
 
 @pytest.fixture(scope="module")
-def resumed(reference, cache_dir, tmp_path_factory):
+def resumed(reference, tmp_path_factory):
   """A copy of the reference with steps 2..4 damaged and 5, 6 removed, resumed to STEPS:
 
   run A (killed with SIGKILL while it writes a checkpoint), run B (started on the same
@@ -578,7 +561,7 @@ def resumed(reference, cache_dir, tmp_path_factory):
   logged_before = len(_metrics(workdir))
   config_before = (workdir / "config.json").read_text()
   flags = (f"--config.optim.max_steps={STEPS}",)
-  a = _train(workdir, *flags, cache_dir=cache_dir)
+  a = _train(workdir, *flags)
   # B: the same command while A holds the workdir.
   deadline = time.monotonic() + 60
   while workdir_lib.WorkdirLock(str(workdir)).holder().get("pid") != a.pid:
@@ -587,7 +570,7 @@ def resumed(reference, cache_dir, tmp_path_factory):
   b = _finish(_train(workdir, *flags), returncode=None)
   # eval.py reads a checkpoint of the workdir A trains in (it takes no lock).
   reader = _start(["eval.py", f"--checkpoint={ckpt / '1'}", f"--workdir={workdir / 'eval1'}",
-                   "--max_images=1"], cache_dir)
+                   "--max_images=1"])
   # A: killed once a checkpoint after the restored step 1 is being written.
   writing, deadline = None, time.monotonic() + TIMEOUT_S
   while writing is None:
@@ -601,7 +584,7 @@ def resumed(reference, cache_dir, tmp_path_factory):
   reader_run = _finish(reader)
   writing_step = int(writing.split(".")[0])
   finalized = _steps(workdir)
-  c = _finish(_train(workdir, *flags, cache_dir=cache_dir))
+  c = _finish(_train(workdir, *flags))
   return dict(workdir=workdir, a=a_run, a_pid=a.pid, reader=reader_run, b=b, c=c, writing_step=writing_step,
               finalized=finalized, logged_before=logged_before, config_before=config_before)
 
@@ -682,10 +665,9 @@ def test_eval_of_another_architecture_is_one_line(reference):
 
 
 @pytest.mark.slow
-def test_init_from_another_architecture_is_one_line(reference, tmp_path, cache_dir):
+def test_init_from_another_architecture_is_one_line(reference, tmp_path):
   run = _finish(_train(tmp_path / "w", "--config.optim.max_steps=1", "--config.model.num_queries=8",
-                       f"--config.init_from={reference / 'checkpoints' / str(STEPS)}",
-                       cache_dir=cache_dir), returncode=None)
+                       f"--config.init_from={reference / 'checkpoints' / str(STEPS)}"), returncode=None)
   _assert_error_lines(run, r"init_from=.*: its variables do not match this config's model")
   assert not (tmp_path / "w" / "config.json").exists() and not _steps(tmp_path / "w")
 
@@ -699,7 +681,7 @@ def _tmpfs(path, size: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["full", "read_only"])
 def test_full_or_read_only_disk_during_a_checkpoint_keeps_the_previous_one(
-    reference, cache_dir, tmp_path, fault):
+    reference, tmp_path, fault):
   """Resumed where the next checkpoint cannot be written (no room left on the file system,
   or checkpoints/ mounted read-only): one line, and the previous checkpoint still restores."""
   mount = tmp_path / "disk"
@@ -721,8 +703,7 @@ def test_full_or_read_only_disk_during_a_checkpoint_keeps_the_previous_one(
       subprocess.run(["mount", "--bind", ckpt, ckpt], check=True)
       subprocess.run(["mount", "-o", "remount,bind,ro", ckpt], check=True)
       reason = "Read-only file system"
-    run = _finish(_train(workdir, f"--config.optim.max_steps={STEPS + 1}",
-                         cache_dir=cache_dir), returncode=None)
+    run = _finish(_train(workdir, f"--config.optim.max_steps={STEPS + 1}"), returncode=None)
     _assert_error_lines(run, rf"could not write checkpoint step (in progress|{STEPS + 1}) in "
                              rf"{workdir}/checkpoints .*{reason}.*; step {STEPS} "
                              r"stays valid\. Free space")
@@ -742,11 +723,11 @@ def test_full_or_read_only_disk_during_a_checkpoint_keeps_the_previous_one(
 
 
 @pytest.mark.slow
-def test_non_finite_loss_from_labels_beyond_num_classes(cache_dir, tmp_path):
+def test_non_finite_loss_from_labels_beyond_num_classes(tmp_path):
   """Labels >= model.num_classes make the loss NaN: the error names num_classes, not the
   learning rate."""
   run = _finish(_start(["-m", "tests.test_faults", json.dumps(
-      {"workdir": str(tmp_path), "bad_label_at_step": 2, "flags": list(FLAGS)})], cache_dir),
+      {"workdir": str(tmp_path), "bad_label_at_step": 2, "flags": list(FLAGS)})]),
                 returncode=None)
   assert run.returncode != 0
   last = run.stderr.strip().splitlines()[-1]

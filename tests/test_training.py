@@ -5,8 +5,8 @@ a non-finite loss stops training.
 Every training run happens in a subprocess: fake devices need XLA_FLAGS before jax is
 imported, and each of the two processes of the multi-process test needs its own jax. The
 subprocesses run this file (`python -m tests.test_training WORKER_JSON`, see `_worker_main`)
-or train.py, and share one persistent compilation cache, so the 1-device train step is
-compiled once for the whole module. The learning rate is constant (`optim.lr_schedule="step"`
+or train.py, and share the session's persistent compilation cache (tests/conftest.py), so
+the 1-device train step is compiled once for the whole session. The learning rate is constant (`optim.lr_schedule="step"`
 without decay steps): the compiled step then does not depend on `optim.max_steps`, and runs
 of different lengths share it. The model is configs/tiny.py:slim's (1 bottleneck per stage,
 1 encoder and 2 decoder stages; compile time: this file must stay within a few minutes on 2
@@ -15,17 +15,17 @@ cores).
 
 import json
 import math
-import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from tests import proc as proc_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 420
@@ -55,36 +55,16 @@ PROCESS_STEPS = 3  # steps of the two-process run
 # ------------------------------------------------------------------------------------------
 
 
-def _env(cache_dir, num_devices: int = 1) -> dict:
-  path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path),
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
-              JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+def _start(args, num_devices: int = 1) -> subprocess.Popen:
+  return proc_lib.start(*args, environ=proc_lib.env(num_devices))
 
 
-def _start(args, cache_dir, num_devices: int = 1) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO,
-                          env=_env(cache_dir, num_devices), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-
-
-def _start_worker(job: dict, cache_dir, num_devices: int = 1) -> subprocess.Popen:
-  return _start(["-m", "tests.test_training", json.dumps(job)], cache_dir, num_devices)
+def _start_worker(job: dict, num_devices: int = 1) -> subprocess.Popen:
+  return _start(["-m", "tests.test_training", json.dumps(job)], num_devices)
 
 
 def _finish(proc: subprocess.Popen, returncode: int | None = 0) -> subprocess.CompletedProcess:
-  try:
-    stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    stdout, stderr = proc.communicate()
-  run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-  if returncode is not None:
-    assert run.returncode == returncode, (
-        f"{' '.join(map(str, run.args[1:]))[:300]} exited {run.returncode}, expected "
-        f"{returncode}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-6000:]}")
-  return run
+  return proc_lib.finish(proc, returncode, TIMEOUT_S)
 
 
 def _train_py(workdir, **overrides) -> list[str]:
@@ -121,12 +101,6 @@ def _checkpoint_steps(workdir) -> list[int]:
   if not folder.exists():
     return []
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())  # finalized only
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _load_npz(path) -> dict:
@@ -180,12 +154,7 @@ def _loss_terms(metrics: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, cache_dir):
+def reference(tmp_path_factory):
   """The 1-device process (started, not finished): its npz files, once `wait()` returns.
 
   `global_*`: DEVICE_STEPS steps on the batches of a 1-process run.
@@ -196,7 +165,7 @@ def reference(tmp_path_factory, cache_dir):
   proc = _start_worker({"mode": "steps", "out": str(out), "save_initial": True, "runs": [
       {"name": "global", "shard_params": False, "data": "global", "steps": DEVICE_STEPS},
       {"name": "shards2", "shard_params": False, "data": "shards2", "steps": PROCESS_STEPS},
-  ]}, cache_dir, num_devices=1)
+  ]}, num_devices=1)
 
   class Reference:
     initial = out / "initial_state.npz"
@@ -216,12 +185,12 @@ def reference(tmp_path_factory, cache_dir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache_dir, reference):
+def uninterrupted(tmp_path_factory, reference):
   """train.py for RESUME_STEPS steps without interruption (started, not finished)."""
   reference.wait()  # its compiled step lands in the cache first
   workdir = tmp_path_factory.mktemp("uninterrupted")
   proc = _start(_train_py(workdir, **{"optim.max_steps": RESUME_STEPS,
-                                      "train.checkpoint_every": CHECKPOINT_EVERY}), cache_dir)
+                                      "train.checkpoint_every": CHECKPOINT_EVERY}))
 
   def wait():
     if proc.returncode is None:
@@ -279,13 +248,13 @@ def test_semantic_head_adds_its_weighted_loss():
     train_step.make_train_step(model, tx, config)
 
 
-def test_device_count_and_param_sharding_give_the_same_update(tmp_path, cache_dir, reference):
+def test_device_count_and_param_sharding_give_the_same_update(tmp_path, reference):
   """8 fake devices (parameters replicated, and sharded with train.shard_params) vs 1."""
   proc = _start_worker({"mode": "steps", "out": str(tmp_path),
                         "initial_state": str(reference.initial), "runs": [
       {"name": "replicated", "shard_params": False, "data": "global", "steps": DEVICE_STEPS},
       {"name": "sharded", "shard_params": True, "data": "global", "steps": DEVICE_STEPS},
-  ]}, cache_dir, num_devices=8)
+  ]}, num_devices=8)
   run = _finish(proc)
   assert "devices: 8" in run.stdout, run.stdout
   assert "replicated: sharded leaves: 0" in run.stdout, run.stdout
@@ -299,7 +268,7 @@ def test_device_count_and_param_sharding_give_the_same_update(tmp_path, cache_di
                           f"8 devices, {name}")
 
 
-def test_two_processes_match_one_process(tmp_path, cache_dir, reference):
+def test_two_processes_match_one_process(tmp_path, reference):
   """loop.train in 2 processes (gloo, 1 device each) vs the same global batches in 1.
 
   Each process reads its own shard of the records (`ShardByJaxProcess`: records i::2, its own
@@ -309,12 +278,12 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, reference):
   the two iterators the two processes build (`loop.train_data_iterator` with
   `jax.process_index/process_count` patched to i / 2) and concatenates their batches.
   """
-  port = _free_port()
+  port = proc_lib.free_port()
   procs = [_start_worker({"mode": "train", "workdir": str(tmp_path), "process_id": i,
                           "num_processes": 2, "coordinator": f"127.0.0.1:{port}",
                           "overrides": {"optim.max_steps": PROCESS_STEPS,
                                         "train.checkpoint_every": 2}},
-                         cache_dir, num_devices=1) for i in range(2)]
+                         num_devices=1) for i in range(2)]
   for proc in procs:
     _finish(proc)
   params = [_load_npz(tmp_path / f"params_{i}.npz") for i in range(2)]
@@ -333,13 +302,13 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, reference):
     np.testing.assert_array_equal(restored[k], params[0][k], err_msg=k)
 
 
-def test_killed_run_resumes_with_the_same_losses(tmp_path, cache_dir, uninterrupted):
+def test_killed_run_resumes_with_the_same_losses(tmp_path, uninterrupted):
   """SIGTERM (the loop saves and exits 143), then SIGKILL after a periodic checkpoint."""
   flags = _train_py(tmp_path, **{"optim.max_steps": RESUME_STEPS,
                                  "train.checkpoint_every": CHECKPOINT_EVERY,
                                  "train.keep_checkpoints": 100})
   # 1. SIGTERM: the loop finishes its step, saves it and exits with 143.
-  proc = _start(flags, cache_dir)
+  proc = _start(flags)
   _wait_for_step(proc, tmp_path, 5)
   proc.send_signal(signal.SIGTERM)
   run = _finish(proc, returncode=143)
@@ -348,7 +317,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, cache_dir, uninterrup
   assert "SIGTERM: saving step" in run.stderr
   # 2. Resume, then SIGKILL once a periodic checkpoint after the SIGTERM one exists.
   periodic = (stopped // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
-  proc = _start(flags, cache_dir)
+  proc = _start(flags)
   _wait_for_step(proc, tmp_path, periodic + 1)
   while periodic not in _checkpoint_steps(tmp_path):  # saved asynchronously: finalized?
     assert proc.poll() is None, _finish(proc)
@@ -360,7 +329,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, cache_dir, uninterrup
   assert periodic <= last_saved <= killed_at < RESUME_STEPS, (
       _checkpoint_steps(tmp_path), killed_at)
   # 3. Resume from that periodic checkpoint to the end (and the final evaluation).
-  run = _finish(_start(flags, cache_dir))
+  run = _finish(_start(flags))
   assert f"resumed from step {last_saved}" in run.stderr
   assert f"trained {RESUME_STEPS - last_saved} steps" in run.stdout
 
@@ -397,12 +366,12 @@ def test_loss_falls(uninterrupted):
   assert last < 0.85 * first and max(losses[-5:]) < min(losses[:5]), losses
 
 
-def test_non_finite_loss_stops_training(tmp_path, cache_dir, reference):
+def test_non_finite_loss_stops_training(tmp_path, reference):
   """NaN images at step 4: the run stops naming step 4, and never checkpoints that step."""
   reference.wait()  # the compiled step is in the cache
   run = _finish(_start_worker({
       "mode": "train", "workdir": str(tmp_path), "nan_at_step": 4,
-      "overrides": {"optim.max_steps": 8, "train.checkpoint_every": 2}}, cache_dir),
+      "overrides": {"optim.max_steps": 8, "train.checkpoint_every": 2}}),
                 returncode=None)
   assert run.returncode != 0
   message = run.stderr.strip().splitlines()[-1]
