@@ -8,11 +8,13 @@ process and in the train.py / eval.py / predict subprocesses that the end-to-end
   module imports jax; this process, pytest-xdist's workers and every subprocess inherit it
   (`tests.proc.env()`), so a step one test compiled is read back, not compiled again, by the
   next test or process that needs it. The folder is removed at the end unless it was given.
-- Fast CPU compiles: `XLA_FLAGS` gains LLVM optimization level 0 and no expensive LLVM
-  passes (measured on the slim tiny train step at 64x64, batch 8: compile 29.1 -> 16.9 CPU s,
-  each step 0.05 -> 0.13 s, losses equal to 3e-5 relative). The tests compare runs made
-  under the same options, never against a timing; `M2F_JAX_TEST_FAST_COMPILE=0` leaves
-  XLA_FLAGS as given. This is the test session's setting: nothing in the library sets it.
+- Fast CPU compiles: `XLA_FLAGS` gains `tests.proc.FAST_COMPILE_FLAGS`, LLVM optimization
+  level 0 and no expensive LLVM passes (measured on the slim tiny train step at 64x64, batch
+  8: compile 29.1 -> 16.9 CPU s, each step 0.05 -> 0.13 s, losses equal to 3e-5 relative).
+  The tests compare runs made under the same options, never against a timing;
+  `M2F_JAX_TEST_FAST_COMPILE=0` leaves XLA_FLAGS as given. This is the test session's
+  setting: nothing in the library sets it, and the notebook's kernel runs without it (it
+  trains as a user's process does).
 - A compile budget. Every compile of at least `MIN_CACHED_COMPILE_S` is written to the cache
   under its function's name, so the folder counts the session's expensive compiles in all
   processes. The terminal summary prints them per function, and the run fails when they pass
@@ -20,6 +22,10 @@ process and in the train.py / eval.py / predict subprocesses that the end-to-end
   `compile_guard` (autouse) fails the test when its own process compiles one function anew
   (a persistent-cache miss of at least `MIN_CACHED_COMPILE_S`) more than
   `MAX_RECOMPILES_PER_TEST` times: a new variant per parameter belongs in a shared fixture.
+- Longest files first: pytest runs two pytest-xdist workers, a file to a worker (pyproject's
+  `addopts`: `-n 2 --dist loadfile --no-loadscope-reorder`), in the order of `LONGEST_FIRST`
+  (per-file times of a full run; other files follow in their own order), so that no long
+  file starts last and runs alone.
 - absl flags marked parsed: grain's multiprocessing reads them.
 """
 
@@ -32,11 +38,16 @@ import tempfile
 
 import pytest
 
+from tests.proc import FAST_COMPILE_FLAGS
+
 MIN_CACHED_COMPILE_S = 0.5  # below this a compile is cheaper than its cache entry is worth
 COMPILE_BUDGET = 400  # expensive compiles in a full run, all processes (README "Tests")
 MAX_RECOMPILES_PER_TEST = 4
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
-                      "--xla_llvm_disable_expensive_passes=true")
+# Measured 2026-12-07 (full run, 2 workers): the files of over ~40 s, longest first.
+LONGEST_FIRST = ("test_faults.py", "test_colab.py", "test_training.py", "test_video_training.py",
+                 "test_evaluate.py", "test_convert.py", "test_mixed_precision.py",
+                 "test_video_criterion.py", "test_video_model.py", "test_device_batch.py",
+                 "test_custom_data.py", "test_gpu_suite.py")
 _OWNED = "M2F_JAX_TEST_OWNED_CACHE"  # set when this session made the cache folder
 _BUDGET_KEY = pytest.StashKey[tuple]()
 
@@ -52,6 +63,12 @@ def pytest_configure(config):
     os.environ["XLA_FLAGS"] = " ".join(flags + [f for f in FAST_COMPILE_FLAGS if f not in flags])
   from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
   absl_flags.FLAGS.mark_as_parsed()
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file stays whole
 
 
 def _cached_compiles() -> collections.Counter:

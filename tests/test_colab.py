@@ -24,6 +24,9 @@ import sysconfig
 import nbformat
 import numpy as np
 import PIL.Image
+import pytest
+
+from tests import proc
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colab" / "quickstart.ipynb"
@@ -86,6 +89,7 @@ def test_committed_notebook_has_no_outputs():
     assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
 
 
+@pytest.mark.slow  # an install and 100 steps of the tiny model: ~85 s alone
 def test_quickstart_installs_and_runs(tmp_path, monkeypatch):
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   python = _fresh_environment(tmp_path / "venv")
@@ -95,6 +99,8 @@ def test_quickstart_installs_and_runs(tmp_path, monkeypatch):
   # The kernel inherits this environment: CPU only, m2f_jax importable from nowhere (so the
   # install cell clones and installs it), pip offline.
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  # XLA as a user's process has it (the session's cache folder stays: it only saves compiles).
+  monkeypatch.setenv("XLA_FLAGS", proc.env(fast_compile=False)["XLA_FLAGS"])
   monkeypatch.setenv("M2F_JAX_SOURCE", url)
   monkeypatch.setenv("M2F_JAX_PIP_OPTIONS", "--no-index --no-build-isolation")
   monkeypatch.delenv("PYTHONPATH", raising=False)

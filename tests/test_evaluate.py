@@ -67,6 +67,8 @@ def _predictions(config, model, variables, records, batch_size):
   return out
 
 
+# One forward per padded size (3) and batch size (1, 8): the variants are what it compares.
+@pytest.mark.allow_recompiles
 def test_predictions_do_not_depend_on_batch_size_or_order(setup):
   config, model, variables, records = setup
   one = _predictions(config, model, variables, records, batch_size=1)
@@ -84,6 +86,8 @@ def test_predictions_do_not_depend_on_batch_size_or_order(setup):
                                  rtol=1e-5, atol=1e-6)
 
 
+# One forward per padded size (3) and batch size (1, 8): the variants are what it compares.
+@pytest.mark.allow_recompiles
 def test_metrics_do_not_depend_on_batch_size_or_order(setup, tmp_path):
   config, model, variables, records = setup
   reports = []

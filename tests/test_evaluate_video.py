@@ -14,7 +14,6 @@ import pytest
 from pycocotools import mask as mask_util
 
 from m2f_jax import evaluate_video
-from m2f_jax import inference_video
 from m2f_jax.data import synthetic_video
 
 

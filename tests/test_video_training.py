@@ -11,7 +11,6 @@ from m2f_jax import checkpoint
 from m2f_jax import config_lib
 from m2f_jax.models.mask2former import build_model
 from m2f_jax.training import checkpoints
-from m2f_jax.training import optimizer as optim_lib
 from m2f_jax.training import train_step
 
 T, SIZE, B, M = 2, 64, 2, 3
