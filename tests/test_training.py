@@ -248,6 +248,7 @@ def test_semantic_head_adds_its_weighted_loss():
     train_step.make_train_step(model, tx, config)
 
 
+@pytest.mark.slow  # end to end: training subprocesses (tests/test_training.py's docstring)
 def test_device_count_and_param_sharding_give_the_same_update(tmp_path, reference):
   """8 fake devices (parameters replicated, and sharded with train.shard_params) vs 1."""
   proc = _start_worker({"mode": "steps", "out": str(tmp_path),
@@ -268,6 +269,7 @@ def test_device_count_and_param_sharding_give_the_same_update(tmp_path, referenc
                           f"8 devices, {name}")
 
 
+@pytest.mark.slow  # end to end: training subprocesses (tests/test_training.py's docstring)
 def test_two_processes_match_one_process(tmp_path, reference):
   """loop.train in 2 processes (gloo, 1 device each) vs the same global batches in 1.
 
@@ -302,6 +304,7 @@ def test_two_processes_match_one_process(tmp_path, reference):
     np.testing.assert_array_equal(restored[k], params[0][k], err_msg=k)
 
 
+@pytest.mark.slow  # end to end: training subprocesses (tests/test_training.py's docstring)
 def test_killed_run_resumes_with_the_same_losses(tmp_path, uninterrupted):
   """SIGTERM (the loop saves and exits 143), then SIGKILL after a periodic checkpoint."""
   flags = _train_py(tmp_path, **{"optim.max_steps": RESUME_STEPS,
@@ -357,6 +360,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, uninterrupted):
   assert results[0] == pytest.approx(results[1], nan_ok=True)
 
 
+@pytest.mark.slow  # end to end: training subprocesses (tests/test_training.py's docstring)
 def test_loss_falls(uninterrupted):
   losses = [m["total_loss"] for m in _metrics(uninterrupted())]
   assert len(losses) == RESUME_STEPS
@@ -366,6 +370,7 @@ def test_loss_falls(uninterrupted):
   assert last < 0.85 * first and max(losses[-5:]) < min(losses[:5]), losses
 
 
+@pytest.mark.slow  # end to end: training subprocesses (tests/test_training.py's docstring)
 def test_non_finite_loss_stops_training(tmp_path, reference):
   """NaN images at step 4: the run stops naming step 4, and never checkpoints that step."""
   reference.wait()  # the compiled step is in the cache
