@@ -273,7 +273,7 @@ def test_imagenet_backbone_loads_into_backbone_only(name, tmp_path_factory, tmp_
                   "head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10),
                   "layers.0.blocks.0.attn.relative_position_index": torch.zeros(16, 16)})
     torch.save({"model": state}, path)
-  init = model.init(jax.random.PRNGKey(1), np.zeros((1, 64, 64, 3), np.float32))
+  init = jax.jit(model.init)(jax.random.PRNGKey(1), np.zeros((1, 64, 64, 3), np.float32))
   got = convert.load_imagenet_backbone(path, name, init)
   got, want, init = (
       {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(t).items()}

@@ -144,7 +144,8 @@ def test_train_step_loss_is_the_same_from_compact_and_dense_batches():
   config.data.image_size = (64, 64)
   config.loss.train_num_points = 256
   model, tx, _ = train_step.abstract_train_state(config)
-  state = train_step.create_train_state(model, tx, jax.random.PRNGKey(0), (64, 64))
+  state = jax.jit(lambda rng: train_step.create_train_state(model, tx, rng, (64, 64)))(
+      jax.random.PRNGKey(0))
   step = jax.jit(train_step.make_train_step(model, tx, config))
   dense_it, compact_it = _iterators(augmentation="synthetic", task="panoptic")
   dense, compact = next(dense_it), next(compact_it)

@@ -38,7 +38,7 @@ def _tiny_config():
 def setup():
   config = _tiny_config()
   model = build_model(config.model)
-  variables = model.init(jax.random.PRNGKey(3), np.zeros((1, 64, 64, 3), np.float32))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(3), np.zeros((1, 64, 64, 3), np.float32))
   records = [dict(synthetic.generate_record(i, split="validation", image_size=size),
                   image_id=i) for i, size in enumerate(SIZES)]
   return config, model, variables, records
@@ -126,7 +126,7 @@ def _evaluate_worker(job: dict):
   config = _tiny_config()
   config.eval.batch_size = job["batch_size"]
   model = build_model(config.model)
-  variables = model.init(jax.random.PRNGKey(3), np.zeros((1, 64, 64, 3), np.float32))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(3), np.zeros((1, 64, 64, 3), np.float32))
   records = [dict(synthetic.generate_record(i, split="validation", image_size=size),
                   image_id=i) for i, size in enumerate(SIZES)]
   report = evaluate.evaluate(config=config, model=model, variables=variables,

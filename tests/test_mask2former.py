@@ -25,7 +25,7 @@ def tiny():
   cfg = tiny_config().model
   model = build_model(cfg)
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 96, 3))
-  variables = model.init(jax.random.PRNGKey(1), images)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
   return cfg, model, variables, images
 
 
@@ -72,7 +72,8 @@ def test_semantic_head_is_a_training_output(tiny):
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(1), images)
   assert variables["params"]["semantic_head"]["kernel"].shape == (cfg.mask_feature_size,
                                                                   cfg.num_classes)
-  variables = model.init(jax.random.PRNGKey(1), images)
-  train = model.apply(variables, images, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
+  train = jax.jit(lambda v, x, r: model.apply(v, x, train=True, rngs={"dropout": r}))(
+      variables, images, jax.random.PRNGKey(2))
   assert train["semantic_logits"].shape == (2, 16, 24, cfg.num_classes)
-  assert "semantic_logits" not in model.apply(variables, images)  # inference: not returned
+  assert "semantic_logits" not in jax.jit(model.apply)(variables, images)  # inference: not returned

@@ -71,8 +71,9 @@ def _run(config, params, batches):
 def setup():
   config = _config()
   model, tx, _ = train_step_lib.abstract_train_state(config)
-  params = train_step_lib.create_train_state(
-      model, tx, jax.random.PRNGKey(0), train_step_lib.input_shape(config)).params
+  shape = train_step_lib.input_shape(config)
+  params = jax.jit(lambda rng: train_step_lib.create_train_state(model, tx, rng, shape))(
+      jax.random.PRNGKey(0)).params
   return params, _batches(config)
 
 
@@ -94,6 +95,7 @@ def runs(setup):
   return get
 
 
+@pytest.mark.slow  # three train-step compiles between them (float32, bfloat16, remat)
 def test_bfloat16_learns_like_float32(runs):
   f32, bf16 = runs("float32")[0], runs("bfloat16")[0]
   assert np.all(np.isfinite(bf16))
@@ -110,12 +112,14 @@ def test_bfloat16_keeps_float32_master_weights_and_losses():
   assert dtypes == {jnp.dtype(jnp.float32)}
 
 
+@pytest.mark.slow  # three train-step compiles between them (float32, bfloat16, remat)
 def test_remat_same_loss(runs):
   (f32, _), (remat, _) = runs("float32"), runs("remat")
   np.testing.assert_allclose(remat[:3], f32[:3], rtol=1e-4)  # before rounding compounds
   np.testing.assert_allclose(remat, f32, rtol=2e-2)
 
 
+@pytest.mark.slow  # three train-step compiles between them (float32, bfloat16, remat)
 def test_remat_less_memory(runs):
   (_, f32_temp), (_, remat_temp) = runs("float32"), runs("remat")
   assert remat_temp < 0.75 * f32_temp, (remat_temp, f32_temp)  # measured 0.44 (full backbone)

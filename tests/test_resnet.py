@@ -175,11 +175,11 @@ def test_frozen_batchnorm_has_no_gradient_and_ignores_train():
   model = resnet.ResNet(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8], embedding_size=4,
                         layer_type="basic")
   images = jnp.ones((1, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), images)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)
   assert set(variables) == {"params", "batch_stats"}
-  loss = lambda p, train: model.apply({**variables, "params": p}, images, train=train)[
-      "res5"].sum()
-  grads = jax.grad(loss)(variables["params"], True)
+  loss = jax.jit(lambda p, train: model.apply({**variables, "params": p}, images, train=train)[
+      "res5"].sum(), static_argnums=1)
+  grads = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], True)
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   norm_grads = [g for path, g in flat if "normalization" in jax.tree_util.keystr(path)]
   conv_grads = [g for path, g in flat if "convolution" in jax.tree_util.keystr(path)]
@@ -194,9 +194,9 @@ def test_group_norm_variant_has_no_statistics_and_trains():
   from m2f_jax.training import optimizer  # pylint: disable=g-import-not-at-top
   model = resnet.ResNet(**TINY, norm="group_norm")
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3)) * 50.0 + 20.0
-  variables = model.init(jax.random.PRNGKey(1), images)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
   assert set(variables) == {"params"}
-  features = model.apply(variables, images)
+  features = jax.jit(model.apply)(variables, images)
   assert features["res2"].shape == (2, 16, 16, TINY["hidden_sizes"][0])
   assert np.isfinite(features["res5"]).all()
   flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
@@ -211,7 +211,7 @@ def test_group_norm_variant_has_no_statistics_and_trains():
       decay_steps=[], decay_factor=0.1, poly_power=0.9, max_steps=10))
   tx = optimizer.make_optimizer(cfg, params)
   grads = jax.tree.map(jnp.ones_like, params)
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   scales = [u for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]
             if "group_norm" in str(path)]
   assert scales and all(np.abs(np.asarray(u)).min() > 0 for u in scales)

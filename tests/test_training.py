@@ -227,7 +227,8 @@ def test_semantic_head_adds_its_weighted_loss():
   config.loss.train_num_points = 64
   config.model.semantic_head = True
   model, tx, _ = train_step.abstract_train_state(config)
-  state = train_step.create_train_state(model, tx, jax.random.PRNGKey(0), (64, 64))
+  state = jax.jit(lambda rng: train_step.create_train_state(model, tx, rng, (64, 64)))(
+      jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   masks = np.zeros((2, 4, 64, 64), np.uint8)
   masks[:, 0, :32], masks[:, 1, 32:, :20], masks[:, 2, 40:, 30:] = 1, 1, 1

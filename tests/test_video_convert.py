@@ -125,7 +125,7 @@ def _official_state(variables) -> dict[str, np.ndarray]:
 def official_pkl(tmp_path_factory):
   config = _config()
   model = build_model(config.model)
-  variables = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 2, 64, 64, 3)))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(7), jnp.zeros((1, 2, 64, 64, 3)))
   # Non-trivial values everywhere (frozen BN statistics included).
   leaves, tree = jax.tree.flatten(variables)
   rng = np.random.RandomState(0)

@@ -193,15 +193,15 @@ def test_video_model_shapes_and_frame_chunks():
   config.model.update(video=True)
   model = build_model(config.model)
   clips = jnp.asarray(np.random.RandomState(0).randn(1, 3, 64, 64, 3), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(0), clips)
-  out = model.apply(variables, clips)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), clips)
+  out = jax.jit(model.apply)(variables, clips)
   k1, q, layers = config.model.num_classes + 1, config.model.num_queries, 3
   assert out["pred_logits"].shape == (1, q, k1)
   assert out["pred_masks"].shape == (1, q, 3, 16, 16)
   assert out["aux_logits"].shape == (layers, 1, q, k1)
   assert out["aux_masks"].shape == (layers, 1, q, 3, 16, 16)
   config.model.frame_chunk = 2  # chunks of 2 + 1 frames: the same function
-  chunked = build_model(config.model).apply(variables, clips)
+  chunked = jax.jit(build_model(config.model).apply)(variables, clips)
   for key in out:
     np.testing.assert_allclose(np.asarray(chunked[key]), np.asarray(out[key]), atol=1e-4)
   with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):

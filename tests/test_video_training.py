@@ -52,8 +52,9 @@ def test_official_video_labels():
 def state_and_step():
   config = _config()
   model, tx, _ = train_step.abstract_train_state(config)
-  state = train_step.create_train_state(model, tx, jax.random.PRNGKey(0),
-                                        train_step.input_shape(config))
+  shape = train_step.input_shape(config)
+  state = jax.jit(lambda rng: train_step.create_train_state(model, tx, rng, shape))(
+      jax.random.PRNGKey(0))
   return config, model, state, jax.jit(train_step.make_train_step(model, tx, config))
 
 
@@ -77,7 +78,7 @@ def test_video_model_initialized_from_image_checkpoint(state_and_step, tmp_path)
   image_config.model.num_classes = num_classes
   image_config.data.class_names = [f"class_{i}" for i in range(num_classes)]
   image_model = build_model(image_config.model)
-  image_vars = image_model.init(jax.random.PRNGKey(5), jnp.zeros((1, SIZE, SIZE, 3)))
+  image_vars = jax.jit(image_model.init)(jax.random.PRNGKey(5), jnp.zeros((1, SIZE, SIZE, 3)))
   directory = checkpoint.save_model(str(tmp_path / "image"), image_config, image_vars)
   got = checkpoints.initialize_from(str(directory), state, "resnet")
   # Everything but the class heads comes from the image model; the heads (class_predictor
@@ -90,8 +91,8 @@ def test_video_model_initialized_from_image_checkpoint(state_and_step, tmp_path)
   # everything else (class_predictor included: same classes) from the checkpoint.
   image_config.model.update(num_classes=config.model.num_classes, semantic_head=False)
   image_config.data.class_names = [f"class_{i}" for i in range(config.model.num_classes)]
-  image_vars = build_model(image_config.model).init(jax.random.PRNGKey(6),
-                                                     jnp.zeros((1, SIZE, SIZE, 3)))
+  image_vars = jax.jit(build_model(image_config.model).init)(jax.random.PRNGKey(6),
+                                                              jnp.zeros((1, SIZE, SIZE, 3)))
   assert "semantic_head" not in image_vars["params"]
   directory = checkpoint.save_model(str(tmp_path / "official"), image_config, image_vars)
   got = checkpoints.initialize_from(str(directory), state, "resnet")
