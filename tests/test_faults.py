@@ -234,11 +234,14 @@ def test_closed_loop_tracebacks_of_a_failed_write_go_to_the_log(tmp_path, monkey
 
 
 _FAILED_WRITE = """
-import os, sys, jax, orbax.checkpoint as ocp
+import os, sys, jax, numpy as np, orbax.checkpoint as ocp
 from m2f_jax import errors
 from m2f_jax.training import checkpoints
 errors.quiet_background_errors()  # as train.py
-arrays = {f"w{i}": jax.random.normal(jax.random.PRNGKey(i), (96, 96 + i)) for i in range(64)}
+# jax arrays of 64 shapes, made on the host (no compile per shape)
+arrays = {f"w{i}": jax.device_put(np.random.default_rng(i).standard_normal((96, 96 + i),
+                                                                           np.float32))
+          for i in range(64)}
 with errors.reporting(), checkpoints.background_errors_logged(sys.argv[1]):
   manager = ocp.CheckpointManager(os.path.join(sys.argv[1], "checkpoints"),
                                   options=ocp.CheckpointManagerOptions(create=True))
