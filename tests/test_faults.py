@@ -487,9 +487,7 @@ while True:  # collectives, as training steps
 
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker_dies", "coordinator_dies"])
 def test_dead_process_stops_the_other_within_the_heartbeat(victim):
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = proc_lib.free_port()
   procs = [subprocess.Popen([sys.executable, "-c", _DIST_WORKER, f"127.0.0.1:{port}", str(i),
                              str(HEARTBEAT_S)], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]

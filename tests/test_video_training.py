@@ -129,18 +129,11 @@ def test_video_panoptic_end_to_end(tmp_path):
   checkpoint and `predict --task video_panoptic` run on the result (issue #13)."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   import PIL.Image  # pylint: disable=g-import-not-at-top
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+  from tests import proc  # pylint: disable=g-import-not-at-top
 
   def run(*args):
-    done = subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=900, check=False)
-    assert done.returncode == 0, f"{args}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    return done
+    return proc.finish(proc.start(*args), timeout=900)
 
   workdir = tmp_path / "train"
   run("train.py", "--config", "configs/synthetic_video.py:slim", "--workdir", str(workdir),
