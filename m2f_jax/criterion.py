@@ -344,7 +344,8 @@ def set_criterion(*, outputs: dict, targets: dict, key: jax.Array, num_masks,
                   cost_dice: float | None = None, num_points: int = 12544,
                   matcher_num_points: int | None = None, oversample_ratio: float = 3.0,
                   importance_sample_ratio: float = 0.75,
-                  deep_supervision: bool = True) -> dict[str, jnp.ndarray]:
+                  deep_supervision: bool = True,
+                  with_matching: bool = False) -> dict[str, jnp.ndarray]:
   """Official `SetCriterion` (labels + masks losses) with deep supervision.
 
   Args:
@@ -364,6 +365,8 @@ def set_criterion(*, outputs: dict, targets: dict, key: jax.Array, num_masks,
     matcher_num_points: points per image in the matcher (default: num_points, as official).
     oversample_ratio, importance_sample_ratio: the importance sampling of the loss points.
     deep_supervision: also apply the losses to every aux stage.
+    with_matching: also return "matching": {"query_index", "matched"} [S, B, M], the
+      assignment of each stage (aux 0..L-1, then the final one; see `hungarian_matching`).
 
   Returns:
     {"loss_ce", "loss_mask", "loss_dice"} of the final prediction, "loss_ce_{i}",
@@ -448,4 +451,6 @@ def set_criterion(*, outputs: dict, targets: dict, key: jax.Array, num_masks,
     losses[f"loss_dice{suffix}"] = loss_dice[stage]
   losses["total_loss"] = (class_weight * jnp.sum(loss_ce) + mask_weight * jnp.sum(loss_mask)
                           + dice_weight * jnp.sum(loss_dice))
+  if with_matching:
+    losses["matching"] = {"query_index": query_index, "matched": matched}
   return losses

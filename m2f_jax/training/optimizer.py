@@ -62,15 +62,22 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
   return schedule
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
-  """The optax transformation for `params` (a pytree of the model's "params" collection)."""
-  if cfg.optimizer != "adamw":
-    raise ValueError(f"optim.optimizer must be 'adamw', got {cfg.optimizer!r}")
+def parameter_rules(cfg: ml_collections.ConfigDict, params):
+  """`(decay_mask, lr_scale)`: trees like `params` of bools (weight decay applies) and of
+  learning-rate multipliers (the backbone's, 0 for frozen normalization)."""
   is_norm = _is_norm_param(params)
   decay_mask = _path_labels(params, lambda p: not (
       is_norm(p) or re.search(FROZEN, p) or any(re.search(r, p) for r in NO_DECAY)))
   lr_scale = _path_labels(params, lambda p: 0.0 if re.search(FROZEN, p) else (
       cfg.backbone_multiplier if re.search(BACKBONE, p) else 1.0))
+  return decay_mask, lr_scale
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+  """The optax transformation for `params` (a pytree of the model's "params" collection)."""
+  if cfg.optimizer != "adamw":
+    raise ValueError(f"optim.optimizer must be 'adamw', got {cfg.optimizer!r}")
+  decay_mask, lr_scale = parameter_rules(cfg, params)
   return optax.chain(
       optax.clip_by_global_norm(cfg.clip_grad_norm) if cfg.clip_grad_norm else optax.identity(),
       optax.adamw(learning_rate_schedule(cfg), b1=0.9, b2=0.999, eps=1e-8,

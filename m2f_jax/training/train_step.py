@@ -111,56 +111,71 @@ def official_video_labels(labels: jax.Array, masks: jax.Array, num_classes: int)
   return jnp.where(present_last, labels, num_classes).astype(labels.dtype)
 
 
-def make_train_step(model, tx, config: ml_collections.ConfigDict):
-  """`step(state, batch) -> (state, metrics)`, to be jit-compiled by the caller."""
+def make_loss_fn(model, config: ml_collections.ConfigDict):
+  """The training loss: `loss_fn(params, batch_stats, batch, dropout_rng, point_rng)`.
+
+  `batch` is dense ("images", "labels", "masks", "valid": `device_batch.dense_batch`'s
+  output); returns `(total_loss, aux)`, aux = {"losses": the criterion's terms (and
+  `loss_sem` with the per-pixel class head) and `num_masks`, "outputs": the model's float32
+  predictions, "matching": each stage's assignment (`criterion.set_criterion`)}. The train
+  step differentiates it; tests/test_training_parity.py compares it with transformers'.
+  """
   kwargs = loss_kwargs(config.loss)
   video_absent_last_frame_no_object = config.model.get("video", False) and config.loss.get(
       "video_absent_last_frame_no_object", True)
-  schedule = optim_lib.learning_rate_schedule(config.optim)
   semantic_weight = config.loss.get("semantic_weight", 0.0)
   if semantic_weight and not config.model.get("semantic_head", False):
     raise ValueError(f"config.loss.semantic_weight = {semantic_weight} needs the per-pixel "
                      "class head: set config.model.semantic_head = True (or the weight to 0)")
-  if config.train.remat and not model.pixel_level_module.decoder.remat:
-    raise ValueError("config.train.remat is True but the model was built without it: build "
-                     "it with build_model(config.model, remat=True), as abstract_train_state "
-                     "does")
 
-  def forward(params, batch_stats, images, rng):
-    variables = {"params": params, "batch_stats": batch_stats}
-    return model.apply(variables, images, train=True, rngs={"dropout": rng})
-
-  def step(state: TrainState, batch: dict):
-    rng, dropout_rng, point_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-    batch = device_batch.dense_batch(  # compact batches (the default) are expanded here
-        batch, pixel_mean=config.model.pixel_mean, pixel_std=config.model.pixel_std,
-        zero_padding=config.data.augmentation == "synthetic")
+  def loss_fn(params, batch_stats, batch, dropout_rng, point_rng):
     targets = {k: batch[k] for k in ("labels", "masks", "valid")}
     class_labels = targets["labels"]  # before the video relabelling (semantic_loss)
     if video_absent_last_frame_no_object:
       targets["labels"] = official_video_labels(targets["labels"], targets["masks"],
                                                 model.num_classes)
     num_masks = criterion.count_masks(batch["valid"])  # global batch: arrays are global
+    variables = {"params": params, "batch_stats": batch_stats}
+    outputs = model.apply(variables, batch["images"], train=True, rngs={"dropout": dropout_rng})
+    # Matching and losses in float32 whatever model.dtype (the models already return
+    # float32 predictions; this keeps it so for any model): bf16 computes the network only.
+    outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
+    losses = criterion.set_criterion(outputs=outputs, targets=targets, key=point_rng,
+                                     num_masks=num_masks, with_matching=True, **kwargs)
+    matching = losses.pop("matching")
+    losses["num_masks"] = num_masks
+    if semantic_weight:
+      losses["loss_sem"] = criterion.semantic_loss(
+          semantic_logits=outputs["semantic_logits"], target_labels=class_labels,
+          target_masks=targets["masks"], valid=targets["valid"])
+      losses["total_loss"] = losses["total_loss"] + semantic_weight * losses["loss_sem"]
+    return losses["total_loss"], {"losses": losses, "outputs": outputs, "matching": matching}
 
-    def loss_fn(params):
-      outputs = forward(params, state.batch_stats, batch["images"], dropout_rng)
-      # Matching and losses in float32 whatever model.dtype (the models already return
-      # float32 predictions; this keeps it so for any model): bf16 computes the network only.
-      outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
-      losses = criterion.set_criterion(outputs=outputs, targets=targets, key=point_rng,
-                                       num_masks=num_masks, **kwargs)
-      if semantic_weight:
-        losses["loss_sem"] = criterion.semantic_loss(
-            semantic_logits=outputs["semantic_logits"], target_labels=class_labels,
-            target_masks=targets["masks"], valid=targets["valid"])
-        losses["total_loss"] = losses["total_loss"] + semantic_weight * losses["loss_sem"]
-      return losses["total_loss"], losses
+  return loss_fn
 
-    grads, losses = jax.grad(loss_fn, has_aux=True)(state.params)
+
+def make_train_step(model, tx, config: ml_collections.ConfigDict):
+  """`step(state, batch) -> (state, metrics)`, to be jit-compiled by the caller."""
+  loss_fn = make_loss_fn(model, config)
+  schedule = optim_lib.learning_rate_schedule(config.optim)
+  if config.train.remat and not model.pixel_level_module.decoder.remat:
+    raise ValueError("config.train.remat is True but the model was built without it: build "
+                     "it with build_model(config.model, remat=True), as abstract_train_state "
+                     "does")
+
+  def step(state: TrainState, batch: dict):
+    rng, dropout_rng, point_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    batch = device_batch.dense_batch(  # compact batches (the default) are expanded here
+        batch, pixel_mean=config.model.pixel_mean, pixel_std=config.model.pixel_std,
+        zero_padding=config.data.augmentation == "synthetic")
+    grads, aux = jax.grad(
+        lambda p: loss_fn(p, state.batch_stats, batch, dropout_rng, point_rng),
+        has_aux=True)(state.params)
+    losses = aux["losses"]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(losses, grad_norm=optax.global_norm(grads),
-                   learning_rate=schedule(state.step), num_masks=num_masks)
+                   learning_rate=schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     return new_state, metrics
 
