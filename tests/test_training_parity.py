@@ -148,7 +148,6 @@ def _relative_errors(grads, want):
   floor = ZERO_FLOOR * np.sqrt(sum(np.sum(np.square(w)) for w in want.values()))
   return {"/".join(path): np.linalg.norm(np.asarray(got[path]) - w) / max(np.linalg.norm(w), floor)
           for path, w in want.items()}
-  return out
 
 
 @pytest.mark.parametrize("name", list(CASES))
