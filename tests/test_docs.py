@@ -285,6 +285,18 @@ def test_readme_commands_are_this_repositorys_programs_with_real_flags():
   assert alone and alone <= known, sorted(alone - known)
 
 
+def test_readme_checkpoint_steps_are_the_last_steps_of_their_runs():
+  """`workdir/NAME/checkpoints/STEP` in the README is the last step (the one always saved) of
+  the run that writes NAME: the main job's, or the own-data command's."""
+  runs = {"tiny": "configs/tiny.py", "mine": "configs/custom.py:tiny"}
+  named = re.findall(r"workdir/(\w+)/checkpoints/(\d+)", _readme())
+  assert {name for name, _ in named} == set(runs), named
+  for name, step in named:
+    max_steps = _parse(runs[name]).optim.max_steps
+    assert int(step) == max_steps, (f"README names workdir/{name}/checkpoints/{step}; "
+                                    f"{runs[name]} runs {max_steps} steps")
+
+
 _ACCELERATOR_EXTRAS = ("cuda12", "cuda13", "tpu")
 
 
