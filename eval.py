@@ -1,6 +1,6 @@
 r"""Evaluates a checkpoint on its dataset's validation split; writes eval_results.json.
 
-  python eval.py --checkpoint workdir/tiny/checkpoints/600           # a training checkpoint
+  python eval.py --checkpoint workdir/tiny/checkpoints/900           # a training checkpoint
   python eval.py --checkpoint /tmp/m2f_ckpt --config configs/tiny.py  # a converted model
 
 --checkpoint is an m2f_jax model directory (`python -m m2f_jax.convert` output) or a

@@ -2,8 +2,9 @@
 
 As a Colab user runs it: the kernel is a fresh virtual environment in which `m2f_jax` does
 not import, and `M2F_JAX_SOURCE` is a `file://` git URL, so the install cell clones the
-repository and pip-installs it. The URL is a git repository of this working tree (committed
-or not). The environment sees this venv's installed packages (links to everything in its
+repository and pip-installs it (`m2f_jax[EXTRA] @ file://...`; no extra here: JAX_PLATFORMS=cpu
+is set, and the cell reports a CPU runtime). The URL is a git repository of this working tree
+(committed or not). The environment sees this venv's installed packages (links to everything in its
 site-packages but m2f_jax), so pip finds every dependency installed and needs no network:
 `M2F_JAX_PIP_OPTIONS="--no-index --no-build-isolation"` (offline; build with the setuptools
 at hand). The notebook then trains the tiny model 100 steps from the installed package, saves
@@ -119,6 +120,9 @@ def test_quickstart_installs_and_runs(tmp_path, monkeypatch):
   text = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
   clone = workdir / "m2f_jax_repo"  # where the install cell clones M2F_JAX_SOURCE
   assert f"repository: {clone}" in text, text[:2000]
+  # The first cell says what it found (JAX_PLATFORMS=cpu: the CPU, installed without an extra).
+  assert "this runtime has a CPU" in text and "runs on the CPU" in text, text[:2000]
+  assert f"pip install m2f_jax @ {clone.as_uri()}" in text, text[:2000]
   assert (clone / ".git").is_dir() and (clone / "configs" / "tiny.py").is_file()
   installed = pathlib.Path(text.split("m2f_jax imported from: ")[1].split()[0])
   assert installed.parent.parent.parent.parent == tmp_path / "venv", installed  # lib/pythonX/site

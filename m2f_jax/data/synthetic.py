@@ -25,7 +25,7 @@ that size (tiny sizes work; the patterns then get fine).
 
 Every class draws its colours from one palette, so a per-pixel colour model cannot label the
 pixels (tests/test_synthetic.py: a nearest-mean-colour classifier is at most 50% accurate;
-`benchmarks/colour_baseline.py`: a Gaussian colour model with connected components reaches
+`experiments/colour_baseline.py`: a Gaussian colour model with connected components reaches
 PQ <= 30) while the tiny model of `configs/tiny.py` learns shape and texture on a CPU.
 
 Two ways to read it, both yielding the records described in `m2f_jax/data/__init__.py`:

@@ -1,8 +1,8 @@
 r"""Can the backbone learn the synthetic classes? A per-pixel probe, without the decoders.
 
-  python benchmarks/shape_probe.py                       # tiny.py's backbone, 600 steps
-  python benchmarks/shape_probe.py --min-thing-size 32   # larger things (length units)
-  python benchmarks/shape_probe.py --head pooled         # classify each true segment
+  python experiments/shape_probe.py                       # tiny.py's backbone, 600 steps
+  python experiments/shape_probe.py --min-thing-size 32   # larger things (length units)
+  python experiments/shape_probe.py --head pooled         # classify each true segment
 
 Trains `--config`'s backbone from scratch with a light per-pixel head (each of res2..res5
 projected to 64 channels, resized to stride 4 and summed, GroupNorm, ReLU, a 3x3 and a

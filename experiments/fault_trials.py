@@ -1,7 +1,7 @@
 r"""Random kill -9 trials of train.py: does every resumed run log exactly the uninterrupted losses?
 
-  python benchmarks/fault_trials.py --trials 20          # the issue #15 figure (target: 20/20)
-  python benchmarks/fault_trials.py --trials 3 --steps 6 # a quick look
+  python experiments/fault_trials.py --trials 20          # the issue #15 figure (target: 20/20)
+  python experiments/fault_trials.py --trials 3 --steps 6 # a quick look
 
 One uninterrupted run of train.py (configs/tiny.py:slim, the small test model, at 64x64 so
 that a trial takes about a minute on 2 CPU cores) gives the reference losses.
@@ -39,7 +39,7 @@ def _metrics(workdir: pathlib.Path) -> list[dict]:
   path = workdir / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(l) for l in path.read_text().splitlines() if l.endswith("}")]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
 def _losses(m: dict) -> dict:
@@ -143,8 +143,8 @@ def main(argv=None) -> int:
       killed_after = max([m["step"] for m in _metrics(workdir)], default=0)
       kept = _finalized(workdir)
       stderr = runner.run(workdir)
-      resumed = next((l.split("resumed from step ")[1].split()[0] for l in stderr.splitlines()
-                      if "resumed from step " in l), "scratch")
+      resumed = next((line.split("resumed from step ")[1].split()[0]
+                     for line in stderr.splitlines() if "resumed from step " in line), "scratch")
       logged = _metrics(workdir)
       steps_seen = sorted({m["step"] for m in logged})
       same = (not problem and steps_seen == list(range(1, args.steps + 1))

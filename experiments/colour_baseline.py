@@ -1,7 +1,7 @@
 r"""A network-free panoptic baseline that sees only colour, beside the model's PQ.
 
-  python benchmarks/colour_baseline.py                        # synthetic, 100 val images
-  python benchmarks/colour_baseline.py --workdir workdir/tiny  # + the model's PQ
+  python experiments/colour_baseline.py                        # synthetic, 100 val images
+  python experiments/colour_baseline.py --workdir workdir/tiny  # + the model's PQ
 
 The baseline (issue #10): a Gaussian colour model per class (mean and full 3x3 covariance
 of the RGB values of its pixels, and its pixel frequency as prior) fitted on
@@ -55,7 +55,7 @@ class ColourModel:
   def fit(self, images, labels):
     """images: uint8 [H, W, 3] each; labels: [H, W] class maps (ignore_label = unlabeled)."""
     pixels = np.concatenate([i.reshape(-1, 3) for i in images]).astype(np.float64)
-    classes = np.concatenate([l.reshape(-1) for l in labels])
+    classes = np.concatenate([label.reshape(-1) for label in labels])
     self.mean = np.zeros((self.num_classes, 3))
     self.precision = np.tile(np.eye(3), (self.num_classes, 1, 1))
     self.log_norm = np.full(self.num_classes, -np.inf)  # log prior - 0.5 log det

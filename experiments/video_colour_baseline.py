@@ -1,9 +1,9 @@
 r"""A network-free video panoptic baseline that sees only colour, beside the model's VPQ.
 
-  python benchmarks/video_colour_baseline.py                           # the main video job's
-  python benchmarks/video_colour_baseline.py --workdir /tmp/m2f_video   # + the model's VPQ
+  python experiments/video_colour_baseline.py                           # the main video job's
+  python experiments/video_colour_baseline.py --workdir /tmp/m2f_video   # + the model's VPQ
 
-The image baseline of `benchmarks/colour_baseline.py` run on every frame, with tracks: a
+The image baseline of `experiments/colour_baseline.py` run on every frame, with tracks: a
 Gaussian colour model per class fitted on the frames of `--train-videos` training videos,
 every pixel labelled by the class of highest posterior and smoothed by a 3x3 mode filter;
 each stuff class is one segment over the whole video (one id, so stuff tubes are perfect
@@ -27,7 +27,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # colour_baseline
+# benchmarks/video_panoptic_eval.py: the segments of each frame of the same videos.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from colour_baseline import ColourModel
