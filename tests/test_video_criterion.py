@@ -42,9 +42,9 @@ def _clip_case(seed=0, h=8, w=8, size=16):
 def test_tube_cost_is_official_and_matching_optimal():
   outputs, targets = _clip_case()
   points = jax.random.uniform(jax.random.PRNGKey(0), (B, 20, 2))
-  kw = dict(pred_logits=outputs["pred_logits"], pred_masks=outputs["pred_masks"],
-            target_labels=targets["labels"], target_masks=targets["masks"], points=points,
-            cost_class=2.0, cost_mask=5.0, cost_dice=5.0)
+  kw = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"],
+        "target_labels": targets["labels"], "target_masks": targets["masks"], "points": points,
+        "cost_class": 2.0, "cost_mask": 5.0, "cost_dice": 5.0}
   cost = np.asarray(criterion.matching_cost(**kw))
   # Direct: each frame sampled at the same points, tubes flattened to T*P values.
   for b in range(B):
@@ -79,7 +79,7 @@ def test_one_frame_clips_equal_image_criterion():
   clip_tgt = dict(targets, masks=targets["masks"][:, :, :1])
   image_out = {k: v[..., 0, :, :] if "masks" in k else v for k, v in clip_out.items()}
   image_tgt = dict(targets, masks=clip_tgt["masks"][:, :, 0])
-  kw = dict(key=jax.random.PRNGKey(3), num_masks=5.0, num_points=32)
+  kw = {"key": jax.random.PRNGKey(3), "num_masks": 5.0, "num_points": 32}
   video = criterion.set_criterion(outputs=clip_out, targets=clip_tgt, **kw)
   image = criterion.set_criterion(outputs=image_out, targets=image_tgt, **kw)
   assert video.keys() == image.keys()
