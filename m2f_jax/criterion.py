@@ -47,6 +47,8 @@ label per target and clip), and then
             label K is accepted here (class cost and cross-entropy of "no object", with its
             weight `no_object_weight`), so data pipelines reproduce that quirk by passing K.
 With T = 1 everything (random draws included) equals the image computation.
+tests/test_video_criterion.py compares the video matching and losses with the official ones
+(transcribed in tests/video_reference.py) given the same random points.
 
 transformers' port differs from the official code in (the test compares the two where they
 agree; this module follows the official code):
