@@ -10,6 +10,9 @@ this file; it is also the default of `train.py`.
 `configs/tiny.py:slim`: the same recipe with a small test model (1 bottleneck per stage of
 32-256 channels, 1 encoder and 2 decoder layers) for tests that need some model, fast.
 
+`configs/tiny.py:long`: the main job's model and recipe for 4000 steps instead of 900
+(about 30 minutes on the 2-core CPU), for a user who wants to see the thing shapes learnt.
+
 `configs/tiny.py:reference`: the main job without its per-pixel class head, which is not in
 the official model nor in transformers': the config that benchmarks/reference_training.py
 trains beside transformers' PyTorch Mask2Former (benchmarks/transformers_twin.py).
@@ -61,11 +64,14 @@ def get_config(arg: str = ""):
     config.model.backbone.update(depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256],
                                  embedding_size=16, layer_type="bottleneck")
     config.model.update(encoder_layers=1, decoder_layers=2)
+  elif arg == "long":  # see the docstring
+    config.optim.max_steps = 4000
   elif arg == "reference":  # see the docstring
     config.model.semantic_head = False
     config.loss.semantic_weight = 0.0
   elif arg:
     raise ValueError(f"configs/tiny.py:{arg}: unknown variant; use configs/tiny.py (the "
-                     "main job's model), configs/tiny.py:slim (a small test model) or "
-                     "configs/tiny.py:reference (the main job without the class head)")
+                     "main job's model), configs/tiny.py:long (the same, 4000 steps), "
+                     "configs/tiny.py:slim (a small test model) or configs/tiny.py:reference "
+                     "(the main job without the class head)")
   return config

@@ -88,3 +88,31 @@ def test_video_panoptic_eval_benchmark_scores_truth_100_and_the_perturbed_predic
   assert [float(x) for x in rows["truth as prediction"][2:]] == [100.0, 100.0]
   vpq, stq = (float(x) for x in rows["ids shifted, 5% void"][2:])
   assert 0 < vpq < 100 and 0 < stq < 100
+
+
+def test_reference_training_report_has_both_sides_seeds_medians_and_curves(tmp_path):
+  """benchmarks/reference_training.py's summary, table and plot on made-up runs (the runs
+  themselves take an hour: their figures are in benchmarks/README.md)."""
+  pytest.importorskip("torch", reason="the benchmark compares with torch")
+  pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
+  bench = _load("reference_training")
+  rng = np.random.default_rng(0)
+
+  def run(seed, pq):
+    return dict(seed=seed, steps=100, PQ=pq, PQ_th=pq / 2, PQ_st=pq * 1.5, mIoU=pq + 5,
+                AP=pq / 4, s_per_step=0.1 + seed / 100, train_loop_s=10.0,
+                loss_curve=[(s, float(50 - s / 10 + rng.normal())) for s in range(1, 101)])
+
+  result = {"config": "configs/tiny.py:reference", "steps": 100,
+            "ours": bench._summary([run(0, 40.0), run(1, 44.0)]),
+            "reference": bench._summary([run(0, 41.0), run(1, 43.0), run(2, 39.0)])}
+  assert result["ours"]["median"]["PQ"] == 42.0 and result["reference"]["median"]["PQ"] == 41.0
+  assert result["reference"]["min"]["PQ"] == 39.0 and result["reference"]["max"]["PQ"] == 43.0
+  for side in ("ours", "reference"):
+    assert set(result[side]["median"]) == {"PQ", "PQ_th", "PQ_st", "mIoU", "AP", "s_per_step"}
+  table = bench._table(result)
+  assert len(table.splitlines()) == 1 + (2 + 1) + (3 + 1)
+  x, y = bench._smooth(result["ours"]["seeds"][0]["loss_curve"])
+  assert len(x) == len(y) == 100 // bench.SMOOTH
+  bench._plot(result, tmp_path / "curves.png")
+  assert (tmp_path / "curves.png").stat().st_size > 1000

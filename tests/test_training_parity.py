@@ -169,3 +169,38 @@ def test_step0_losses_and_gradients_match_transformers(setup, name):
   worst = max(errors, key=errors.get)
   assert errors[worst] <= GRAD_RTOL, (
       f"{name}: gradient of {worst} differs by {errors[worst]:.2e} relative (> {GRAD_RTOL})")
+
+
+def test_twin_optimizer_is_ours():
+  """transformers_twin.optimizer: torch AdamW with our groups, schedule and clipping makes
+  our optax updates (3 steps of random gradients; backbone multiplier, decay exemptions,
+  warm-up and clipping all active)."""
+  torch = reference.require_reference()
+  from m2f_jax.training import optimizer as optim_lib  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.optim.update(backbone_multiplier=0.1, weight_decay=0.05, clip_grad_norm=0.5,
+                      warmup_steps=2, warmup_factor=0.1, max_steps=3)
+  model = build_model(config.model)
+  twin = twin_lib.build(config, seed=1)
+  params = twin_lib.jax_variables(twin, model, config)["params"]
+  initial = flax.traverse_util.flatten_dict(params)
+  opt, sched, clip = twin_lib.optimizer(twin, model, config)
+  tx = optim_lib.make_optimizer(config.optim, params)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  gen = torch.Generator().manual_seed(0)
+  for _ in range(3):
+    grads = {n: torch.randn(p.shape, generator=gen) for n, p in twin.named_parameters()}
+    for n, p in twin.named_parameters():
+      p.grad = grads[n].clone()
+    clip()
+    opt.step()
+    sched.step()
+    ours = twin_lib.to_our_layout(model, config, {n: g.numpy() for n, g in grads.items()})
+    updates, state = update(ours["params"], state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  want = flax.traverse_util.flatten_dict(twin_lib.jax_variables(twin, model, config)["params"])
+  got = flax.traverse_util.flatten_dict(jax.device_get(params))
+  for path, w in want.items():
+    np.testing.assert_allclose(got[path], w, rtol=1e-5, atol=1e-6, err_msg="/".join(path))
+    assert not np.array_equal(w, initial[path]), f"{'/'.join(path)} was not updated"
