@@ -33,7 +33,7 @@ with errors.reporting():  # a --config.KEY typo is reported when the flag is def
   except (AttributeError, KeyError) as e:
     raise errors.config_key_error(e, sys.argv) from e
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here "
-                    "(default: ./workdir/<config name>).")
+                    "(default: ./workdir/<config name>[_<variant>]).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
@@ -59,7 +59,9 @@ def main(argv):
   elif any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID")):
     workdir_lib.initialize_distributed(heartbeat_timeout_s=f.heartbeat_timeout)
   config = f.config
-  name = os.path.splitext(os.path.basename(f["config"].config_filename))[0]
+  # configs/tiny.py -> tiny; configs/tiny.py:long -> tiny_long (variants get their own).
+  path, _, variant = f["config"].config_filename.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0] + (f"_{variant}" if variant else "")
   workdir = os.path.abspath(f.workdir or os.path.join("workdir", name))
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; Orbax logs at INFO
   errors.quiet_background_errors()  # a failed checkpoint write is reported once, in one line
