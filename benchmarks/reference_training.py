@@ -15,17 +15,24 @@ For each seed s (0 .. --seeds - 1):
      decay, clipping and loss weights; its loss draws its own random points (torch.rand under
      `torch.manual_seed(s)`). Then `save_pretrained`, our importer, and `eval.py`, so one
      evaluator scores both.
-  4. equal wall-clock (unless --no-equal-wall-clock): ours again, given as many steps as its
-     measured rate fits into the reference's training time (its schedule set to that many
-     steps, as a user would), then `eval.py`.
+  4. equal wall-clock (unless --no-equal-wall-clock): ours again, given as many steps as fit
+     into the reference's time for --steps steps (ours' compile included; from the timing
+     below; its schedule set to that many steps, as a user would), then `eval.py`.
+
+Seconds per step (the ratio ours / reference) come from a side-by-side timing in this process
+before the runs (`_timing`: the same batches, alternating blocks of steps with pauses, data
+excluded on both sides), not from the training runs, which run at different times on a
+machine that may be shared. The runs' own per-step medians are kept in the JSON as
+`s_per_step` (data included).
+
+Each run's figures are kept in DIR (`ours_S.json`, `reference_S.json`, ...; `timing.json`):
+the same command again skips what is finished.
 
 Writes DIR/reference_training.json ({"ours": ..., "reference": ..., "equal_wall_clock": ...},
 each side with per-seed and median PQ, PQ_th, PQ_st, mIoU, AP, s_per_step and the loss
 curve) and DIR/reference_training.png (loss curves, smoothed), and prints a table.
-s_per_step: the median over steps after the first 20 (ours: the loop's own per-step times,
-data included; the reference: the same loop body timed the same way, data included). Both
-sides run one after the other on the same machine with the threads each framework takes by
-default (all cores), never at the same time.
+Both sides run one after the other with the threads each framework takes by default (all
+cores), never at the same time.
 """
 
 import argparse
@@ -50,6 +57,7 @@ METRICS = (("PQ", "panoptic_seg", "PQ"), ("PQ_th", "panoptic_seg", "PQ_th"),
            ("PQ_st", "panoptic_seg", "PQ_st"), ("mIoU", "sem_seg", "mIoU"), ("AP", "segm", "AP"))
 SKIP_STEPS = 20  # steps left out of s_per_step (compilation, warm-up)
 SMOOTH = 50  # steps per point of the plotted curves (a moving mean of one-batch losses)
+TIMING_STEPS, TIMING_BLOCKS = 10, 4  # the side-by-side timing: 4 alternating blocks of 10
 
 
 def _run(cmd, log_path):
@@ -91,11 +99,34 @@ def _overrides(steps, seed, init_dir):
           f"--config.train.checkpoint_every={steps}"]
 
 
+def _cached(path, fn):
+  """fn()'s result, kept in `path` (JSON): a rerun with the same --output skips finished runs."""
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f)
+  result = fn()
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f)
+  os.replace(path + ".tmp", path)
+  return result
+
+
 def _ours(args, seed, init_dir, steps, name):
+  return _cached(os.path.join(args.output, f"{name}_{seed}.json"),
+                 lambda: _train_ours(args, seed, init_dir, steps, name))
+
+
+def _train_ours(args, seed, init_dir, steps, name):
   workdir = os.path.join(args.output, f"{name}_{seed}")
+  log = os.path.join(args.output, f"{name}_{seed}_train.log")
   train_s = _run([sys.executable, "train.py", f"--config={args.config}",
-                  f"--workdir={workdir}", *_overrides(steps, seed, init_dir)],
-                 os.path.join(args.output, f"{name}_{seed}_train.log"))
+                  f"--workdir={workdir}", *_overrides(steps, seed, init_dir)], log)
+  return _read_ours(args, seed, steps, name, train_s)
+
+
+def _read_ours(args, seed, steps, name, train_s):
+  """The figures of a finished run of ours: its metrics.jsonl, log line and eval.py."""
+  workdir = os.path.join(args.output, f"{name}_{seed}")
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   curve = [(r["step"], r["total_loss"]) for r in rows]
   step_times = [r["step_time"] for r in rows if r["step"] > SKIP_STEPS]
@@ -110,6 +141,11 @@ def _ours(args, seed, init_dir, steps, name):
 
 
 def _reference(args, seed, config, init_variables):
+  return _cached(os.path.join(args.output, f"reference_{seed}.json"),
+                 lambda: _train_reference(args, seed, config, init_variables))
+
+
+def _train_reference(args, seed, config, init_variables):
   """transformers' model trained in this process on our pipeline's batches."""
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -144,7 +180,7 @@ def _reference(args, seed, config, init_variables):
     clip()
     opt.step()
     sched.step()
-    loss = float(total)
+    loss = float(total.detach())
     if not np.isfinite(loss):
       raise FloatingPointError(f"reference seed {seed}: non-finite loss at step {step}")
     step_times.append(time.perf_counter() - t0)
@@ -160,6 +196,78 @@ def _reference(args, seed, config, init_variables):
   return dict(seed=seed, steps=steps, **metrics,
               s_per_step=statistics.median(step_times[SKIP_STEPS:]), train_loop_s=loop_s,
               loss_curve=curve)
+
+
+def _timing(args, config, init_variables):
+  """s/step of both sides measured side by side: one process, the same batches, blocks of
+  TIMING_STEPS steps alternating with a pause between blocks, data excluded on both sides
+  (batches fetched and, for torch, expanded beforehand; our step expands its compact batch
+  inside, as in training). Ours: the train step as train.py jits it, from the same weights."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from m2f_jax import device_batch  # pylint: disable=g-import-not-at-top
+  from m2f_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from m2f_jax.training import train_step  # pylint: disable=g-import-not-at-top
+
+  model, tx, _ = train_step.abstract_train_state(config)
+  params = jax.tree.map(np.asarray, init_variables["params"])
+  state = train_step.TrainState(
+      step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+      batch_stats=init_variables.get("batch_stats", {}), opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(0))
+  step_fn = jax.jit(train_step.make_train_step(model, tx, config), donate_argnums=0)
+  batches_iter = loop.train_data_iterator(config)
+  compact = [next(batches_iter) for _ in range(TIMING_STEPS)]
+  dense_fn = jax.jit(lambda b: device_batch.dense_batch(
+      b, pixel_mean=config.model.pixel_mean, pixel_std=config.model.pixel_std,
+      zero_padding=config.data.augmentation == "synthetic"))
+  dense = [jax.tree.map(np.asarray, dense_fn(b)) for b in compact]
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, compact[0])
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  twin = twin_lib.build(config, seed=0)
+  opt, sched, clip = twin_lib.optimizer(twin, model, config)
+  torch.manual_seed(0)
+
+  def ours_block():
+    nonlocal state
+    times = []
+    for b in compact:
+      t = time.perf_counter()
+      state, m = step_fn(state, b)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t)
+    return times
+
+  def reference_block():
+    times = []
+    for b in dense:
+      t = time.perf_counter()
+      total, _ = twin_lib.losses(twin, b)
+      opt.zero_grad(set_to_none=True)
+      total.backward()
+      clip()
+      opt.step()
+      sched.step()
+      float(total.detach())
+      times.append(time.perf_counter() - t)
+    return times
+
+  reference_block()  # warm-up of both sides
+  ours_block()
+  ours, ref = [], []
+  for _ in range(TIMING_BLOCKS):
+    time.sleep(1.0)
+    ours += ours_block()
+    time.sleep(1.0)
+    ref += reference_block()
+  result = dict(ours_s_per_step=statistics.median(ours),
+                reference_s_per_step=statistics.median(ref),
+                ours_compile_s=compile_s, steps_per_side=len(ours),
+                torch_threads=torch.get_num_threads(), ours_times=ours, reference_times=ref)
+  result["ratio"] = result["ours_s_per_step"] / result["reference_s_per_step"]
+  return result
 
 
 def _summary(runs):
@@ -226,6 +334,16 @@ def main(argv=None):
   result = {"config": args.config, "steps": args.steps,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "host_cpus": os.cpu_count()}
+  config = _config(args.config, args.steps, 0)
+  init = twin_lib.jax_variables(twin_lib.build(config, seed=0), build_model(config.model), config)
+  print("timing both sides, alternating", flush=True)
+  timing = _cached(os.path.join(args.output, "timing.json"),
+                   lambda: _timing(args, config, init))
+  result["timing"] = {k: v for k, v in timing.items() if not k.endswith("_times")}
+  result["s_per_step_ratio"] = timing["ratio"]
+  # Equal wall-clock: the reference's time for --steps steps, ours' compile included.
+  equal_steps = int((args.steps * timing["reference_s_per_step"] - timing["ours_compile_s"])
+                    / timing["ours_s_per_step"])
   ours, ref, equal = [], [], []
   for seed in range(args.seeds):
     config = _config(args.config, args.steps, seed)
@@ -236,25 +354,25 @@ def main(argv=None):
       checkpoint.save_model(init_dir, config, init)
     print(f"seed {seed}: ours ({args.steps} steps)", flush=True)
     ours.append(_ours(args, seed, init_dir, args.steps, "ours"))
-    print(f"  ours: PQ {ours[-1]['PQ']:.2f} {ours[-1]['s_per_step']:.3f} s/step", flush=True)
+    print(f"  ours: PQ {ours[-1]['PQ']:.2f}", flush=True)
     print(f"seed {seed}: reference ({args.steps} steps)", flush=True)
     ref.append(_reference(args, seed, config, init))
-    print(f"  reference: PQ {ref[-1]['PQ']:.2f} {ref[-1]['s_per_step']:.3f} s/step", flush=True)
+    print(f"  reference: PQ {ref[-1]['PQ']:.2f}", flush=True)
     if args.equal_wall_clock:
-      steps = int(args.steps * ref[-1]["train_loop_s"] / ours[-1]["train_loop_s"])
-      print(f"seed {seed}: ours at the reference's {ref[-1]['train_loop_s']:.0f} s "
-            f"({steps} steps)", flush=True)
-      equal.append(_ours(args, seed, init_dir, steps, "ours_equal_wall_clock"))
+      print(f"seed {seed}: ours at the reference's time for {args.steps} steps "
+            f"({equal_steps} steps)", flush=True)
+      equal.append(_ours(args, seed, init_dir, equal_steps, "ours_equal_wall_clock"))
     result["ours"], result["reference"] = _summary(ours), _summary(ref)
     if equal:
       result["equal_wall_clock"] = _summary(equal)
-    result["s_per_step_ratio"] = (result["ours"]["median"]["s_per_step"]
-                                  / result["reference"]["median"]["s_per_step"])
     with open(os.path.join(args.output, "reference_training.json"), "w") as f:
       json.dump(result, f, indent=1)
   _plot(result, os.path.join(args.output, "reference_training.png"))
   print(_table(result))
-  print(f"s/step ours / reference: {result['s_per_step_ratio']:.3f}")
+  t = result["timing"]
+  print(f"s/step side by side ({t['steps_per_side']} steps each, alternating): ours "
+        f"{t['ours_s_per_step']:.3f}, reference {t['reference_s_per_step']:.3f}, ratio "
+        f"{t['ratio']:.3f}; ours' compile {t['ours_compile_s']:.1f} s")
   print(f"wrote {os.path.join(args.output, 'reference_training.json')} and "
         f"reference_training.png")
 
