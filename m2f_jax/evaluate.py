@@ -66,7 +66,7 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
   per_process = -(-per_process // mesh.devices.size) * mesh.devices.size
   batches = pipeline.eval_batches(
       source, batch_size=per_process, pixel_mean=config.model.pixel_mean,
-      pixel_std=config.model.pixel_std, pad_size=tuple(e.pad_size) if e.pad_size else None,
+      pixel_std=config.model.pixel_std, pad_to="{}x{}".format(*e.pad_size) if e.pad_size else None,
       min_size=e.min_size, max_size=e.max_size)
   evaluators = evaluation.make_evaluators(e.evaluators, categories=categories,
                                           ignore_label=d.ignore_label)
