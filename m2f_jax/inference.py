@@ -303,26 +303,26 @@ def instance_inference(class_logits, mask_logits, *, topk: int = 100, things_onl
 
 @functools.partial(jax.jit, static_argnames=("padded_size", "semantic_at_padded_size"))
 def _batched_stage(class_logits, mask_logits, *, padded_size, semantic_at_padded_size):
+  """Per image of the batch: its masks `[Q, Hp, Wp]` and scores `[K, Hp, Wp]` (or None).
+
+  Returned as one array per image, so that the host takes an image without an eager slice
+  (which would compile programs of its own per shape).
+  """
   masks = resize_bilinear(mask_logits.astype(jnp.float32), *padded_size)  # [B, Q, Hp, Wp]
   scores = semantic_scores(class_logits, masks) if semantic_at_padded_size else None
-  return masks, scores  # scores: [B, K, Hp, Wp] or None
+  batch = masks.shape[0]
+  return (tuple(masks[i] for i in range(batch)),
+          None if scores is None else tuple(scores[i] for i in range(batch)))
 
 
 @functools.partial(jax.jit, static_argnames=(
     "out_shape", "semantic_on", "panoptic_on", "instance_on", "topk"))
-def _image_stage(class_logits, masks, padded_scores, index, object_mask_threshold, image_size,
+def _image_stage(class_logits, masks, padded_scores, object_mask_threshold, image_size,
                  output_size, *, out_shape, semantic_on, panoptic_on, instance_on, topk):
-  """Image `index` of the batch: its arrays at the static `out_shape`; `index`,
-  `image_size`, `output_size` are traced.
+  """One image's arrays at the static `out_shape`; `image_size`, `output_size` are traced.
 
   Compiled once per (padded size, out_shape); the host crops the results to `output_size`.
-  The image is taken from the batch here, not by the caller: an eager slice would compile
-  programs of its own per shape.
   """
-  class_logits = class_logits[index]  # [Q, K+1]
-  masks = masks[index]  # [Q, Hp, Wp]
-  if padded_scores is not None:
-    padded_scores = padded_scores[index]  # [K, Hp, Wp]
   resize = functools.partial(crop_resize, image_size=image_size, output_size=output_size,
                              out_shape=out_shape)
   out = {}
@@ -387,14 +387,14 @@ def compile_postprocess(*, pred_logits: jax.ShapeDtypeStruct, pred_masks: jax.Sh
                                padded_size=padded_size,
                                semantic_at_padded_size=semantic_on and not before)
   stage.compile()
-  masks, scores = stage.out_info  # [B, Q, Hp, Wp], [B, K, Hp, Wp] or None
+  masks, scores = stage.out_info  # per image: [Q, Hp, Wp], [K, Hp, Wp] or None
   topk = min(instance_topk, num_queries * (num_classes_plus_one - 1))
   out_shapes = sorted({output_bucket(padded_size, tuple(int(s) for s in size))
                        for size in output_sizes})
   for out_shape in out_shapes:
     _image_stage.lower(
-        spec(pred_logits.shape, pred_logits.dtype), spec(masks.shape, masks.dtype),
-        None if scores is None else spec(scores.shape, scores.dtype), spec((), jnp.int32),
+        spec(pred_logits.shape[1:], pred_logits.dtype), spec(masks[0].shape, masks[0].dtype),
+        None if scores is None else spec(scores[0].shape, scores[0].dtype),
         spec((), jnp.float32), spec((2,), jnp.int32), spec((2,), jnp.int32),
         out_shape=out_shape, semantic_on=semantic_on, panoptic_on=panoptic_on,
         instance_on=instance_on, topk=topk).compile()
@@ -458,6 +458,7 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
       pred_logits, pred_masks, padded_size=padded_size,
       semantic_at_padded_size=semantic_on and not before)
   topk = min(instance_topk, num_queries * num_classes)
+  logits = np.asarray(pred_logits)  # per image on the host: no eager slice to compile
 
   results = []
   for i in range(batch):
@@ -467,9 +468,9 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
       raise ValueError(f"postprocess: image_size {image_size} exceeds the padded size "
                        f"{padded_size}.")
     arrays = _crop(_image_stage(
-        pred_logits, masks, padded_scores, np.int32(i), np.float32(object_mask_threshold),
-        np.array(image_size, np.int32), np.array(output_size, np.int32),
-        out_shape=output_bucket(padded_size, output_size),
+        logits[i], masks[i], None if padded_scores is None else padded_scores[i],
+        np.float32(object_mask_threshold), np.array(image_size, np.int32),
+        np.array(output_size, np.int32), out_shape=output_bucket(padded_size, output_size),
         semantic_on=semantic_on, panoptic_on=panoptic_on, instance_on=instance_on,
         topk=topk), output_size)
     result = {}
