@@ -17,8 +17,8 @@ COCO val2017 run compiles, and what the three remedies of `m2f_jax.compilation` 
    "tiny" for a quick run): the network's `lower().compile()` at batch `--batch-size` and
    the post-processing's (`inference.compile_postprocess`, semantic + panoptic + instance),
    for the `--sizes` most frequent padded sizes (abstract weights: nothing runs), into an
-   empty persistent cache as eval.py's first run. "from the cache": the same programs traced, lowered
-   and read back from a persistent compilation cache (a temporary folder) after JAX's
+   empty persistent cache as eval.py's first run. "from the cache": the same programs traced,
+   lowered and read back from a persistent compilation cache (a temporary folder) after JAX's
    in-memory caches are cleared (tracing and lowering are not cached: a second run pays them).
    "ahead of time on the pool": the same sizes compiled again on a pool of `--threads`
    threads (default: the host's cores), as `m2f_jax.evaluate` compiles them ahead of time.
@@ -464,8 +464,8 @@ def main(argv=None, log=print) -> dict:
   for mode, shapes in plan.items():
     counts = np.cumsum(sorted((s.images for s in shapes), reverse=True))
     top = sorted(shapes, key=lambda s: -s.images)[:3]
-    log(f"pad_to={mode}: {len(shapes)} padded sizes ({int(np.searchsorted(counts, 0.9 * len(sizes))) + 1} "
-        "hold 90% of the images); most images: "
+    hold = int(np.searchsorted(counts, 0.9 * len(sizes))) + 1
+    log(f"pad_to={mode}: {len(shapes)} padded sizes ({hold} hold 90% of the images); most: "
         + ", ".join(f"{s.padded_size[0]}x{s.padded_size[1]} ({s.images})" for s in top))
   result = dict(header=stamp, platform=dev.platform, device=dev.device_kind,
                 images=len(sizes), sizes={m: len(s) for m, s in plan.items()}, configs={})
