@@ -309,6 +309,8 @@ def image_sizes(source: Sequence[Any], *, chunk: int = 256) -> list[Size] | None
   if hasattr(source, "image_sizes"):
     return [(int(h), int(w)) for h, w in source.image_sizes()]
   if hasattr(source, "dataset_info") and hasattr(source, "decoders"):
+    if "image" not in source.dataset_info.features:  # a video dataset, say
+      return None
     import PIL.Image  # pylint: disable=g-import-not-at-top
     raw = dataclasses.replace(source, decoders=_image_decoders(source.dataset_info.features))
     sizes = []
