@@ -177,7 +177,8 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
             f"{counter.compiles} ({counter.compile_s:.1f} s), {counter.cache_hits} from the "
             f"cache, waited {waited.seconds + counter.thread_seconds():.1f} s")
     if ahead is not None:
-      line += f", sizes compiled ahead {ahead.ready()}/{ahead.total} ({ahead.threads} threads)"
+      line += (f", sizes compiled ahead {ahead.ready()}/{ahead.total} ({ahead.threads} "
+               f"thread{'s' if ahead.threads > 1 else ''})")
     progress(line)
 
   try:
