@@ -19,6 +19,13 @@ model's random weights imported with `m2f_jax.convert.hf`, as benchmarks/forward
   matching    `m2f_jax.matching.linear_sum_assignment` on the device (jit, B=16, 100x100
               uniform costs) against scipy looped on the host (benchmarks/matching.py); the
               images/s column counts matrices/s there; `check`: totals equal scipy's.
+  eval compiles  JAX only, R50 and Swin-L, float32, batch 8 (benchmarks/eval_compiles.py):
+              5000 image sizes drawn like COCO val2017 at the official test size (800/1333);
+              per padded size the network and post-processing compile seconds, the seconds
+              when read back from the persistent cache, 4 sizes compiled one after the other
+              and on a pool of one thread per host core (as eval.py compiles ahead of time),
+              the forward time of a batch at the most frequent size, and the projected
+              totals of the 5000 images for pad_to "image" (official) and "buckets:2".
 
 Times are medians of `--runs` calls (train step and eval: `--slow-runs`) after one warm-up,
 the two frameworks alternating with `--pause` s between calls, each call waited for
@@ -47,7 +54,8 @@ whole run fits in about 8 minutes; skipped ones are named under the table (run t
 
 `--smoke`: a tiny ResNet and Swin (configs/tiny.py's widths, 1 encoder and 2 decoder layers),
 64x64, batch 2, train step (float32) batch 2 with 3 targets padded to 8 and 256 points,
-matching B=4 of 10x10, 2 runs, no budget, on the CPU.
+matching B=4 of 10x10, eval compiles of the tiny ResNet only (50 images at a 12th of the
+test size, 2 sizes), 2 runs, no budget, on the CPU.
 """
 
 import argparse
@@ -83,6 +91,7 @@ from m2f_jax.convert import hf
 from m2f_jax.models.mask2former import build_model
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
+eval_compiles_bench = _common.load_benchmark("eval_compiles")
 forward_bench = _common.load_benchmark("forward")
 train_bench = _common.load_benchmark("train_step")
 matching_bench = _common.load_benchmark("matching")
@@ -438,6 +447,42 @@ class Suite:
                 "check": "totals = scipy's"})
 
 
+  def eval_compiles(self, name: str, spec: dict, *, batch: int, num_images: int, sizes: int,
+                    min_size: int, max_size: int):
+    """Evaluation compiles at COCO scale (benchmarks/eval_compiles.py), JAX only."""
+    bench = eval_compiles_bench
+    model_cfg = hf.hf_config_to_model_config(hf_dict(spec))
+    image_sizes = bench.coco_val2017_sizes(num_images)
+    plan = bench.plans(image_sizes, batch=batch, min_size=min_size, max_size=max_size)
+    shapes = bench.measurement_order(plan["image"])[:sizes]
+    compiler = bench.Compiler(model_cfg, batch)
+    threads = bench.host_cores()
+    measured = bench.measure_compiles(compiler, shapes, threads=threads)
+    ref = max(plan["image"], key=lambda s: s.images).padded_size
+    batch_s = bench.time_forward(compiler, ref, runs=self.args.slow_runs)
+    common = dict(framework="jax", dtype="float32", batch=batch)
+    size = f"{ref[0]}x{ref[1]}"
+    self.add(what=f"eval compiles {name}: one padded size", size=size, **common,
+             **{"median ms": f"{1e3 * batch_s:.1f}", "images/s": f"{batch / batch_s:.1f}",
+                "compile s": f"{measured['forward_s']:.1f} + {measured['post_s']:.1f}",
+                "check": f"from the cache {measured['cache_s']:.2f} s"})
+    self.add(what=f"eval compiles {name}: {len(shapes)} sizes ahead of time", size=size,
+             **common, **{"compile s": f"{measured['serial_s']:.1f} -> "
+                                       f"{measured['pooled_s']:.1f}",
+                          "speed-up": f"{measured['serial_s'] / measured['pooled_s']:.2f}x",
+                          "check": f"{threads} threads"})
+    for mode in ("image", "buckets:2"):
+      p = bench.projection(plan[mode], measured, batch_s=batch_s, ref_size=ref)
+      self.add(what=f"eval compiles {name}: {num_images} images, pad_to={mode}", **common,
+               size=f"{p['sizes']} sizes",
+               **{"compile s": " / ".join(bench.fmt_seconds(p[k])
+                                          for k in ("compile_s", "pooled_s", "cache_s")),
+                  "check": f"forward {bench.fmt_seconds(p['forward_s'])}; compiles: serial / "
+                           "pool / cached"})
+    del compiler
+    self.free()
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -454,9 +499,10 @@ def parse_args(argv=None):
   parser.add_argument("--budget-s", type=float, default=None,
                       help="sections that would start after this many seconds are skipped "
                       "(default 420; smoke: none)")
-  parser.add_argument("--sections", default="matching,forward_r50,train,forward_swin",
+  parser.add_argument("--sections",
+                      default="matching,forward_r50,train,forward_swin,eval_compiles",
                       help="comma-separated, in this order: matching, forward_r50 (with "
-                      "eval), train, forward_swin")
+                      "eval), train, forward_swin, eval_compiles (R50 and Swin-L)")
   parser.add_argument("--dtypes", default="float32,bfloat16", help="forward dtypes")
   parser.add_argument("--train-dtypes", default=None,
                       help="train step dtypes (default bfloat16; smoke float32)")
@@ -496,9 +542,18 @@ def main(argv=None):
     elif section == "forward_swin":
       suite.forward("Swin-L", models["Swin-L"], batch=2 if args.smoke else 8, size=size,
                     with_eval=False)
+    elif section == "eval_compiles":
+      for name in ("R50",) if args.smoke else ("R50", "Swin-L"):
+        if suite.within_budget(f"eval_compiles {name}"):
+          # Smoke: the tiny R50, 50 images at a 12th of the official test size, 2 sizes.
+          suite.eval_compiles(name, models[name], batch=2 if args.smoke else 8,
+                              num_images=50 if args.smoke else 5000,
+                              sizes=2 if args.smoke else 4,
+                              min_size=64 if args.smoke else 800,
+                              max_size=107 if args.smoke else 1333)
     else:
       raise ValueError(f"--sections: unknown section {section!r} (matching, forward_r50, "
-                       "train, forward_swin)")
+                       "train, forward_swin, eval_compiles)")
   print()
   print(suite.markdown(), flush=True)
   return suite

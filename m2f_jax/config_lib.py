@@ -216,9 +216,15 @@ def eval_config(dataset: str, task: str) -> ml_collections.ConfigDict:
       min_size=ml_collections.FieldReference(spec.eval_size[0], field_type=int),
       max_size=ml_collections.FieldReference(spec.eval_size[1], field_type=int),
       batch_size=8,  # global
-      # (H, W) to pad every image to (one compiled shape; predictions then differ from the
-      # official ones, which pad each image to a multiple of 32); None: the official padding.
-      pad_size=ml_collections.FieldReference(None, field_type=tuple),
+      # What each image is padded to (m2f_jax.data.pipeline.PAD_TO): "image" (official: to
+      # a multiple of 32; the network compiles once per padded size), "buckets:N" (N coarse
+      # sizes made from the split's sizes: at most N compiles, results differ slightly:
+      # benchmarks/README.md, "Evaluation compiles") or "HxW" (one fixed size).
+      pad_to="image",
+      # Compile every padded size of the split ahead of time (sizes from the dataset, no
+      # image decoded), on compile_threads threads (0: one per core of this host) while
+      # the first batches are read. Same programs, same results; False: as batches come.
+      compile_ahead=True, compile_threads=0,
       object_mask_threshold=0.8, overlap_threshold=0.8, instance_topk=100,
       # Video: frames per forward pass (0: the whole video at once); longer videos run as
       # clips of that many frames overlapping by clip_overlap, their tubes linked

@@ -303,9 +303,16 @@ def instance_inference(class_logits, mask_logits, *, topk: int = 100, things_onl
 
 @functools.partial(jax.jit, static_argnames=("padded_size", "semantic_at_padded_size"))
 def _batched_stage(class_logits, mask_logits, *, padded_size, semantic_at_padded_size):
+  """Per image of the batch: its masks `[Q, Hp, Wp]` and scores `[K, Hp, Wp]` (or None).
+
+  Returned as one array per image, so that the host takes an image without an eager slice
+  (which would compile programs of its own per shape).
+  """
   masks = resize_bilinear(mask_logits.astype(jnp.float32), *padded_size)  # [B, Q, Hp, Wp]
   scores = semantic_scores(class_logits, masks) if semantic_at_padded_size else None
-  return masks, scores  # scores: [B, K, Hp, Wp] or None
+  batch = masks.shape[0]
+  return (tuple(masks[i] for i in range(batch)),
+          None if scores is None else tuple(scores[i] for i in range(batch)))
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -356,6 +363,42 @@ def _crop(arrays: dict, output_size: Size) -> dict:
 def compilation_count() -> int:
   """How many shapes the batched post-processing has compiled so far (in this process)."""
   return _batched_stage._cache_size() + _image_stage._cache_size()  # pylint: disable=protected-access
+
+
+def compile_postprocess(*, pred_logits: jax.ShapeDtypeStruct, pred_masks: jax.ShapeDtypeStruct,
+                        padded_size: Size, output_sizes: Sequence[Size],
+                        semantic_on: bool = True, panoptic_on: bool = False,
+                        instance_on: bool = False, instance_topk: int = 100,
+                        postprocess_before_inference: bool = False) -> int:
+  """Compiles ahead of time what `postprocess` will run for batches of these shapes.
+
+  `pred_logits`, `pred_masks`: the shapes and dtypes of the network outputs `postprocess`
+  will get (numpy arrays on the host); `output_sizes`: the original sizes of the images of
+  that padded size; the flags as `postprocess` will be called. Afterwards `postprocess`
+  calls on such batches compile nothing (the same cache entries; any thread may call this).
+  Returns the number of programs compiled.
+  """
+  batch, num_queries, num_classes_plus_one = pred_logits.shape
+  before = postprocess_before_inference or panoptic_on or instance_on
+  padded_size = (int(padded_size[0]), int(padded_size[1]))
+  spec = jax.ShapeDtypeStruct
+  stage = _batched_stage.lower(spec(pred_logits.shape, pred_logits.dtype),
+                               spec(pred_masks.shape, pred_masks.dtype),
+                               padded_size=padded_size,
+                               semantic_at_padded_size=semantic_on and not before)
+  stage.compile()
+  masks, scores = stage.out_info  # per image: [Q, Hp, Wp], [K, Hp, Wp] or None
+  topk = min(instance_topk, num_queries * (num_classes_plus_one - 1))
+  out_shapes = sorted({output_bucket(padded_size, tuple(int(s) for s in size))
+                       for size in output_sizes})
+  for out_shape in out_shapes:
+    _image_stage.lower(
+        spec(pred_logits.shape[1:], pred_logits.dtype), spec(masks[0].shape, masks[0].dtype),
+        None if scores is None else spec(scores[0].shape, scores[0].dtype),
+        spec((), jnp.float32), spec((2,), jnp.int32), spec((2,), jnp.int32),
+        out_shape=out_shape, semantic_on=semantic_on, panoptic_on=panoptic_on,
+        instance_on=instance_on, topk=topk).compile()
+  return 1 + len(out_shapes)
 
 
 def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_size: Size,
@@ -415,6 +458,7 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
       pred_logits, pred_masks, padded_size=padded_size,
       semantic_at_padded_size=semantic_on and not before)
   topk = min(instance_topk, num_queries * num_classes)
+  logits = np.asarray(pred_logits)  # per image on the host: no eager slice to compile
 
   results = []
   for i in range(batch):
@@ -424,8 +468,8 @@ def postprocess(*, pred_logits: jnp.ndarray, pred_masks: jnp.ndarray, padded_siz
       raise ValueError(f"postprocess: image_size {image_size} exceeds the padded size "
                        f"{padded_size}.")
     arrays = _crop(_image_stage(
-        pred_logits[i], masks[i], None if padded_scores is None else padded_scores[i],
-        jnp.float32(object_mask_threshold), np.array(image_size, np.int32),
+        logits[i], masks[i], None if padded_scores is None else padded_scores[i],
+        np.float32(object_mask_threshold), np.array(image_size, np.int32),
         np.array(output_size, np.int32), out_shape=output_bucket(padded_size, output_size),
         semantic_on=semantic_on, panoptic_on=panoptic_on, instance_on=instance_on,
         topk=topk), output_size)

@@ -116,3 +116,29 @@ def test_reference_training_report_has_both_sides_seeds_medians_and_curves(tmp_p
   assert len(x) == len(y) == 100 // bench.SMOOTH
   bench._plot(result, tmp_path / "curves.png")
   assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_eval_compiles_sizes_plans_and_projection():
+  """benchmarks/eval_compiles.py: COCO-like sizes (long side 640, aspect ratios within
+  [1/3, 3]), the padded sizes of each pad_to at the official test size, the projection."""
+  bench = _load("eval_compiles")
+  sizes = bench.coco_val2017_sizes(2000)
+  assert sizes == bench.coco_val2017_sizes(2000)  # seeded
+  assert all(max(s) <= 640 and min(s) >= 1 for s in sizes)
+  assert np.mean([max(s) == 640 for s in sizes]) > 0.95
+  ratios = np.array([w / h for h, w in sizes])
+  assert ratios.min() >= 1 / 3.1 and ratios.max() <= 3.1 and np.mean(ratios >= 1) > 0.6
+  plans = bench.plans(sizes, batch=8, min_size=800, max_size=1333)
+  counts = {mode: len(plan) for mode, plan in plans.items()}
+  assert counts["buckets:2"] == 2 and counts["buckets:4"] == 4 and counts["image"] > 20
+  for plan in plans.values():
+    assert sum(s.images for s in plan) == len(sizes)
+    assert all(min(s.padded_size) <= 800 <= max(s.padded_size) <= 1344 for s in plan)
+  order = bench.measurement_order(plans["image"])
+  landscape, portrait = order[0].padded_size, order[1].padded_size  # the most frequent each
+  assert landscape[1] > landscape[0] and portrait[0] > portrait[1]
+  measured = dict(forward_s=10.0, post_s=2.0, cache_s=0.5, serial_s=48.0, pooled_s=16.0)
+  image = bench.projection(plans["image"], measured, batch_s=1.0, ref_size=(800, 1088))
+  coarse = bench.projection(plans["buckets:2"], measured, batch_s=1.0, ref_size=(800, 1088))
+  assert image["compile_s"] == 12.0 * counts["image"] == 3 * image["pooled_s"]
+  assert coarse["cache_s"] == 1.0 and coarse["forward_s"] > image["forward_s"]  # more padding

@@ -44,14 +44,14 @@ def setup():
   return config, model, variables, records
 
 
-def _predictions(config, model, variables, records, batch_size):
+def _predictions(config, model, variables, records, batch_size, pad_to="image"):
   """image_id -> post-processed result, through the evaluation batches."""
   forward = jax.jit(model.apply)
   e = config.eval
   out = {}
   for batch in pipeline.eval_batches(records, batch_size=batch_size,
                                      pixel_mean=config.model.pixel_mean,
-                                     pixel_std=config.model.pixel_std):
+                                     pixel_std=config.model.pixel_std, pad_to=pad_to):
     assert batch["images"].shape[1:3] in {(64, 96), (96, 64), (64, 64)}
     pred = forward(variables, batch["images"])
     results = inference.postprocess(
@@ -89,21 +89,62 @@ def test_predictions_do_not_depend_on_batch_size_or_order(setup):
 # One forward per padded size (3) and batch size (1, 8): the variants are what it compares.
 @pytest.mark.allow_recompiles
 def test_metrics_do_not_depend_on_batch_size_or_order(setup, tmp_path):
+  """... nor on compiling ahead of time (the default) or as batches come; the default
+  padding is the official one, each image to a multiple of 32 (3 sizes here)."""
   config, model, variables, records = setup
+  assert config_lib.load_config_file(str(REPO / "configs" / "tiny.py")).eval.pad_to == "image"
   reports = []
-  for run, (batch_size, order) in enumerate(((1, records), (8, records),
-                                             (8, records[::-1]))):
-    config.eval.batch_size = batch_size
+  for run, (batch_size, order, ahead) in enumerate(((1, records, True), (8, records, True),
+                                                    (8, records[::-1], False))):
+    config.eval.update(batch_size=batch_size, compile_ahead=ahead)
     report = evaluate.evaluate(config=config, model=model, variables=variables,
                                workdir=str(tmp_path / f"run{run}"), source=order,
                                num_visualizations=1)
     assert report["num_images"] == len(SIZES)
+    timing = report["timing"]
+    assert timing["padded_sizes"] == 3 and timing["forward_compilations"] == 3, timing
+    if ahead:  # every program was ready before its first batch: none compiled in the loop
+      assert timing["loop_compiles"] == 0 and timing["compile_ahead_threads"] >= 1, timing
+    else:
+      assert timing["loop_compiles"] > 0 and timing["compile_ahead_threads"] == 0, timing
     reports.append({k: report[k] for k in ("sem_seg", "panoptic_seg", "segm")})
+  config.eval.compile_ahead = True
   assert reports[0]["panoptic_seg"]["PQ"] == reports[0]["panoptic_seg"]["PQ"]  # not NaN
   # json: NaN (a size range without objects) compares equal to NaN.
   assert json.dumps(reports[1], sort_keys=True) == json.dumps(reports[0], sort_keys=True)
   assert json.dumps(reports[2], sort_keys=True) == json.dumps(reports[0], sort_keys=True)
   assert len(os.listdir(tmp_path / "run1" / "visualizations")) == 1
+
+
+# Documented in benchmarks/README.md ("Evaluation compiles"): buckets:2 against the official
+# padding for this slim model with random weights (PRNGKey 3) on SIZES: the 4 images padded
+# to 64x64 move to 64x96 and 58.7% of their semantic labels stay (measured 2026-12-08;
+# random weights give near-even class scores: the most fragile case); the others are
+# unchanged, bit for bit.
+BUCKETS_2_LABEL_AGREEMENT = 0.5
+
+
+def test_coarse_buckets_change_only_the_images_they_pad_more(setup):
+  """eval.pad_to="buckets:2": 2 padded sizes (landscape 64x96, portrait 96x64) instead of 3;
+  an image whose own padded size is its bucket gets exactly the official result, the others
+  keep the documented share of their semantic labels."""
+  config, model, variables, records = setup
+  official = _predictions(config, model, variables, records, batch_size=8)
+  coarse = _predictions(config, model, variables, records, batch_size=8, pad_to="buckets:2")
+  agree = total = moved = 0
+  for image_id, want in official.items():
+    got = coarse[image_id]
+    assert got["sem_seg"].shape == want["sem_seg"].shape == SIZES[image_id]
+    if tuple(-(-np.array(SIZES[image_id]) // 32) * 32) != (64, 64):  # at its bucket already
+      np.testing.assert_array_equal(got["sem_seg"], want["sem_seg"])
+      np.testing.assert_array_equal(got["panoptic_seg"][0], want["panoptic_seg"][0])
+      np.testing.assert_array_equal(got["instances"]["masks"], want["instances"]["masks"])
+      continue
+    moved += 1
+    agree += int((got["sem_seg"] == want["sem_seg"]).sum())
+    total += got["sem_seg"].size
+  assert moved == 4
+  assert BUCKETS_2_LABEL_AGREEMENT <= agree / total < 1, agree / total
 
 
 def test_post_processing_compiles_once_per_padded_size(setup):

@@ -96,9 +96,14 @@ def test_smoke_runs_every_section_and_writes_the_table(tmp_path):
         expected.add((f"forward {name}", "pytorch", dtype))
   for dtype in ("float32", "bfloat16"):
     expected.add(("eval R50", "jax", dtype))
+  expected |= {(f"eval compiles R50: {what}", "jax", "float32")
+               for what in ("one padded size", "2 sizes ahead of time",
+                            "50 images, pad_to=image", "50 images, pad_to=buckets:2")}
   assert expected <= whats, sorted(whats)
   for r in rows:
     assert float(r["median ms"]) > 0 and float(r["images/s"]) > 0, r
+    if r["what"].startswith("eval compiles"):
+      continue  # test_eval_compiles_rows
     if r["framework"] == "jax" and r["what"].startswith(("forward", "train")):
       assert float(r["compile s"]) > 0 and float(r["GFLOP"]) > 0, r
       if torch_ok:
@@ -106,3 +111,21 @@ def test_smoke_runs_every_section_and_writes_the_table(tmp_path):
     if torch_ok and r["framework"] == "jax" and r["what"].startswith("forward") and \
         r["dtype"] == "float32":  # same weights, same function
       assert float(r["check"].split()[-1]) < 1e-3, r
+
+
+@pytest.mark.slow  # ~30 s; the smoke run above makes the same rows among the others
+def test_eval_compiles_rows():
+  """The eval-compile rows (benchmarks/eval_compiles.py) without the data stack: sizes of
+  COCO-like images, compile seconds per size, the pool, the projections."""
+  rows = _table(_run_suite("--smoke", "--sections", "eval_compiles").stdout)
+  by_what = {r["what"]: r for r in rows}
+  one = by_what["eval compiles R50: one padded size"]
+  forward_s, post_s = (float(x) for x in one["compile s"].split(" + "))
+  assert forward_s > 0 and post_s > 0 and float(one["median ms"]) > 0, one
+  assert one["check"].startswith("from the cache"), one
+  pool = by_what["eval compiles R50: 2 sizes ahead of time"]
+  assert pool["speed-up"].endswith("x") and "threads" in pool["check"], pool
+  image = by_what["eval compiles R50: 50 images, pad_to=image"]
+  coarse = by_what["eval compiles R50: 50 images, pad_to=buckets:2"]
+  assert int(coarse["size"].split()[0]) == 2 < int(image["size"].split()[0]), (image, coarse)
+  assert image["check"].startswith("forward "), image

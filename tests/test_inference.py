@@ -239,3 +239,27 @@ def test_postprocess_instances_things_only_without_empty_masks():
   assert sorted(everything["classes"].tolist()) == [0, 0, 1, 1]
   for result in (things, everything):
     assert result["masks"].shape[1:] == (8, 8) and result["masks"].any(axis=(1, 2)).all()
+
+
+def test_compile_postprocess_leaves_nothing_to_compile():
+  """After `compile_postprocess` for a padded size and its images' original sizes, the
+  `postprocess` calls of such a batch compile nothing (not even an eager slice)."""
+  from m2f_jax import compilation  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 4)).astype(np.float32)  # [B, Q, K+1], K = 3
+  masks = rng.normal(size=(2, 5, 8, 12)).astype(np.float32)  # [B, Q, 32/4, 48/4]
+  sizes, originals = [(30, 40), (32, 45)], [(30, 40), (50, 60)]  # the second larger: 128x128
+  flags = dict(semantic_on=True, panoptic_on=True, instance_on=True)
+  compiled = inference.compile_postprocess(
+      pred_logits=jax.ShapeDtypeStruct(logits.shape, logits.dtype),
+      pred_masks=jax.ShapeDtypeStruct(masks.shape, masks.dtype), padded_size=(32, 48),
+      output_sizes=originals, **flags)
+  assert compiled == 3  # the batched stage; the per-image stage at (32, 48) and (128, 128)
+  with compilation.CompileCounter() as counter:
+    results = inference.postprocess(
+        pred_logits=logits, pred_masks=masks, padded_size=(32, 48), image_sizes=sizes,
+        output_sizes=originals, isthing=[True, False, True], object_mask_threshold=0.0,
+        **flags)
+  assert counter.compiles == counter.cache_hits == 0, dict(counter.by_name)
+  assert results[1]["sem_seg"].shape == (50, 60)

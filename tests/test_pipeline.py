@@ -6,6 +6,7 @@ import grain
 import numpy as np
 import pytest
 
+from m2f_jax.data import eval_sizes
 from m2f_jax.data import pipeline
 from m2f_jax.data import synthetic
 from m2f_jax.data import targets
@@ -302,15 +303,42 @@ def test_eval_batches_resize_and_fixed_pad():
   source = synthetic.SyntheticSource(3, split="validation", image_size=(40, 60))
   batch = next(iter(pipeline.eval_batches(source, batch_size=3, pixel_mean=MEAN,
                                           pixel_std=STD, min_size=60, max_size=80,
-                                          pad_size=(64, 96))))
+                                          pad_to="64x96")))
   np.testing.assert_array_equal(batch["image_size"], [[53, 80]] * 3)  # longest edge capped
   np.testing.assert_array_equal(batch["output_size"], [[40, 60]] * 3)
   assert batch["images"].shape == (3, 64, 96, 3)
   assert batch["padding_mask"][0].sum() == 53 * 80
   assert batch["annotations"][0]["panoptic"].shape == (40, 60)
-  with pytest.raises(ValueError, match="pad_size"):
-    next(iter(pipeline.eval_batches(source, batch_size=3, pixel_mean=MEAN, pixel_std=STD,
-                                    pad_size=(32, 64))))
+  with pytest.raises(ValueError, match="pad_to='32x64'.*do not fit"):
+    pipeline.eval_batches(source, batch_size=3, pixel_mean=MEAN, pixel_std=STD, pad_to="32x64")
+  with pytest.raises(ValueError, match="pad_to='buckets'"):
+    pipeline.eval_batches(source, batch_size=3, pixel_mean=MEAN, pixel_std=STD,
+                          pad_to="buckets")
+
+
+def test_image_sizes_without_decoding_and_the_schedule(tmp_path):
+  source = synthetic.SyntheticSource(12, split="validation")
+  sizes = pipeline.image_sizes(source)
+  assert sizes == [source[i]["image"].shape[:2] for i in range(12)]
+  assert pipeline.image_sizes([source[i] for i in range(3)]) == sizes[:3]
+  builder = synthetic.build_tfds(str(tmp_path), num_train=1, num_validation=5)
+  tfds_source = builder.as_data_source()["validation"]
+  assert pipeline.image_sizes(tfds_source) == [tfds_source[i]["image"].shape[:2]
+                                               for i in range(5)]
+  batches = pipeline.eval_batches(source, batch_size=2, pixel_mean=MEAN, pixel_std=STD,
+                                  min_size=96, max_size=96)
+  schedule = batches.schedule()
+  seen = []
+  for batch in batches:  # the schedule: padded sizes in the order of their first batches
+    size = batch["images"].shape[1:3]
+    if size not in seen:
+      seen.append(size)
+  assert [s.padded_size for s in schedule] == seen
+  assert sum(s.images for s in schedule) == 12
+  first = schedule[0]
+  assert set(first.output_sizes) == {
+      s for s, r in zip(sizes, (transforms.eval_resize_size(h, w, 96, 96) for h, w in sizes))
+      if eval_sizes.padded_to_multiple(r) == first.padded_size}
 
 
 def test_cropped_away_segments_stay_panoptic_targets_as_official():

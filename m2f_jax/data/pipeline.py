@@ -11,10 +11,12 @@ targets, batches. The iterator is a grain `DatasetIterator`: `get_state()` / `se
 resume it exactly.
 
 Evaluation (`eval_batches`) optionally resizes the shortest edge (the official test-time
-`ResizeShortestEdge`), pads each image to a multiple of 32 (or a fixed size), batches images
-of one padded size together (so results do not depend on the batch) and carries what
-post-processing and metrics need: the padded region, the resized and original sizes and the
-raw annotations.
+`ResizeShortestEdge`), pads each image to a multiple of 32 (or to one of a few coarse sizes,
+or a fixed size: `eval_sizes.PAD_TO`), batches images of one padded size together (so results do not
+depend on the batch) and carries what post-processing and metrics need: the padded region,
+the resized and original sizes and the raw annotations. `image_sizes(source)` reads the
+sizes of a split without decoding its images; `EvalBatches.schedule()` turns them into the
+padded sizes the run will compile, in the order its batches will come.
 
 Images are normalized with the model's pixel mean/std. Evaluation batches (and the
 "synthetic" recipe) pad with zeros after normalization, as the official
@@ -25,12 +27,15 @@ normalization, as Detectron2's `FixedSizeCrop` and the Mask2Former semantic mapp
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 import functools
+import io
 from typing import Any
 
 import grain
 import numpy as np
 
+from m2f_jax.data import eval_sizes
 from m2f_jax.data import targets as targets_lib
 from m2f_jax.data.panoptic_png import rgb2id
 from m2f_jax.data import transforms
@@ -254,24 +259,103 @@ def _collate_eval(examples: Sequence[dict[str, Any]], *, size_divisibility: int,
   }
 
 
-class _EvalBatches:
+# ------------------------------------------------------------------------------------------
+# Evaluation: the split's image sizes, batches by padded size
+# ------------------------------------------------------------------------------------------
+
+Size = eval_sizes.Size
+
+
+@functools.cache
+def _keep_encoded():
+  """A tfds decoder class that leaves a feature's bytes as they are (also in a Sequence)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class KeepEncoded(tfds.decode.SkipDecoding):
+
+    def decode_example_np(self, serialized_example):
+      return serialized_example
+
+    def decode_batch_example_np(self, serialized_example):
+      return serialized_example
+
+  return KeepEncoded
+
+
+def _image_decoders(features) -> dict[str, Any]:
+  """Every Image feature of a tfds FeaturesDict (nested in Sequences too) left encoded."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  decoders = {}
+  for name, feature in features.items():
+    inner = feature.feature if isinstance(feature, tfds.features.Sequence) else feature
+    if isinstance(inner, tfds.features.Image):
+      decoders[name] = _keep_encoded()()
+    elif isinstance(inner, tfds.features.FeaturesDict):
+      nested = _image_decoders(inner)
+      if nested:
+        decoders[name] = nested
+  return decoders
+
+
+def image_sizes(source: Sequence[Any], *, chunk: int = 256) -> list[Size] | None:
+  """(H, W) of every record of `source` without decoding its images; None where unknown.
+
+  - a source with an `image_sizes()` method (`synthetic.SyntheticSource`: drawn as its
+    generator draws them; a user's source may add one);
+  - a tfds data source (`builder.as_data_source()[split]`): every record read with its
+    images left encoded, each size read from its image file's header (PIL);
+  - a sequence of in-memory records: their "image" arrays' shapes.
+  """
+  if hasattr(source, "image_sizes"):
+    return [(int(h), int(w)) for h, w in source.image_sizes()]
+  if hasattr(source, "dataset_info") and hasattr(source, "decoders"):
+    if "image" not in source.dataset_info.features:  # a video dataset, say
+      return None
+    import PIL.Image  # pylint: disable=g-import-not-at-top
+    raw = dataclasses.replace(source, decoders=_image_decoders(source.dataset_info.features))
+    sizes = []
+    for start in range(0, len(raw), chunk):
+      for example in raw.__getitems__(list(range(start, min(start + chunk, len(raw))))):
+        w, h = PIL.Image.open(io.BytesIO(example["image"])).size
+        sizes.append((h, w))
+    return sizes
+  if isinstance(source, (list, tuple)):
+    return [tuple(int(s) for s in np.shape(r["image"])[:2]) for r in source]
+  return None
+
+
+class EvalBatches:
   """Re-iterable evaluation batches: examples grouped by padded size (see `eval_batches`)."""
 
   def __init__(self, examples: grain.IterDataset, *, batch_size: int, size_divisibility: int,
-               pad_size: tuple[int, int] | None):
+               table: dict[Size, Size] | None, fixed: Size | None, indices: Sequence[int],
+               sizes: Sequence[Size] | None, min_size: int | None, max_size: int | None):
     self._examples = examples
     self._batch_size = batch_size
     self._size_divisibility = size_divisibility
-    self._pad_size = pad_size
+    self._table = table
+    self._fixed = fixed
+    self._indices = list(indices)
+    self.num_images = len(self._indices)  # this process's
+    self.sizes = None if sizes is None else [tuple(s) for s in sizes]  # the split's, original
+    self._min_size, self._max_size = min_size, max_size
 
-  def _bucket(self, example) -> tuple[int, int]:
-    if self._pad_size is not None:
-      return self._pad_size
-    d = self._size_divisibility
-    return tuple(int(-(-s // d) * d) for s in example["image_size"])
+  def _bucket(self, example) -> Size:
+    return eval_sizes.bucket_of(example["image_size"], table=self._table, fixed=self._fixed,
+                                size_divisibility=self._size_divisibility)
 
   def _collate(self, examples, bucket):
     return _collate_eval(examples, size_divisibility=self._size_divisibility, pad_size=bucket)
+
+  def schedule(self) -> list[eval_sizes.BatchShape] | None:
+    """This process's padded sizes in the order their first batches will come (None when
+    the source's sizes are unknown: `image_sizes`); from the sizes only, no image read."""
+    if self.sizes is None:
+      return None
+    return eval_sizes.schedule(self.sizes, batch_size=self._batch_size, table=self._table,
+                               fixed=self._fixed, min_size=self._min_size,
+                               max_size=self._max_size, indices=self._indices,
+                               size_divisibility=self._size_divisibility)
 
   def __iter__(self):
     pending: dict[tuple[int, int], list[dict[str, Any]]] = {}  # in order of first appearance
@@ -287,15 +371,15 @@ class _EvalBatches:
 
 def eval_batches(source: Sequence[Any], *, batch_size: int, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], size_divisibility: int = 32,
-                 pad_size: tuple[int, int] | None = None, min_size: int | None = None,
-                 max_size: int | None = None,
+                 pad_to: str | None = "image", min_size: int | None = None,
+                 max_size: int | None = None, sizes: Sequence[Size] | None = None,
                  shard_options: grain.sharding.ShardOptions | None = None,
-                 read_threads: int = 0, prefetch: int = 0):
+                 read_threads: int = 0, prefetch: int = 0) -> EvalBatches:
   """This process's evaluation batches, grouped by padded size; iterate it (re-iterable).
 
-  Every image is padded only to the next multiple of `size_divisibility`, as the official
-  evaluation pads each image alone, and a batch holds images of one padded size: an image's
-  prediction does not depend on the batch size or on its neighbours, and the network
+  By default every image is padded only to the next multiple of `size_divisibility`, as the
+  official evaluation pads each image alone, and a batch holds images of one padded size: an
+  image's prediction does not depend on the batch size or on its neighbours, and the network
   compiles once per padded size. Batches come in the order their padded size fills up
   (not the source order); the last batch of each size is filled with copies marked
   `example_valid` False. Every record of the source is in exactly one batch of one process
@@ -307,15 +391,18 @@ def eval_batches(source: Sequence[Any], *, batch_size: int, pixel_mean: Sequence
     batch_size: examples per batch on this process.
     pixel_mean, pixel_std: RGB normalization on the 0..255 scale.
     size_divisibility: pad each image to the next multiple of this.
-    pad_size: (H, W) to pad every image to instead (one shape for the whole run; the
-      predictions then differ from the official ones, which pad to a multiple of 32).
+    pad_to: one of `eval_sizes.PAD_TO`: "image" (the official padding), "buckets:N" (N coarse sizes
+      made from the whole split's sizes: fewer compiles, results slightly different) or
+      "HxW" (one fixed size).
     min_size, max_size: resize the shortest edge to `min_size`, the longest to at most
       `max_size` (the official test-time resize); None keeps the size.
+    sizes: the original (H, W) of every record of `source` (default: `image_sizes(source)`,
+      read without decoding images); "buckets:N" needs them, `schedule()` uses them.
     shard_options: grain ShardOptions; default `ShardByJaxProcess()`.
     read_threads, prefetch: threads and buffered examples.
 
   Returns:
-    An iterable of dicts:
+    An `EvalBatches`, an iterable of dicts:
       "images": float32 [B, H, W, 3] normalized, 0 on padding
       "padding_mask": bool [B, H, W] True on the (resized) image
       "image_size": int32 [B, 2] (h, w) of the (resized) image = the valid region, the
@@ -333,10 +420,24 @@ def eval_batches(source: Sequence[Any], *, batch_size: int, pixel_mean: Sequence
   if not indices:
     raise ValueError(f"shard {shard.shard_index} of {shard.shard_count} of a source of "
                      f"{num_records} records is empty")
+  mode, arg = eval_sizes.parse_pad_to(pad_to)
+  if sizes is None:
+    sizes = image_sizes(source)
+    if sizes is None and mode == "buckets":  # a source without metadata: read every image
+      sizes = [np.shape(normalize_record(source[i])["image"])[:2] for i in range(num_records)]
+  if sizes is not None and len(sizes) != num_records:
+    raise ValueError(f"eval_batches: {len(sizes)} sizes for a source of {num_records} records")
+  table = None
+  if mode == "buckets" or (mode == "fixed" and sizes is not None):  # (fixed: checked here)
+    table = eval_sizes.bucket_table(
+        [eval_sizes.eval_resize_size(h, w, min_size, max_size) for h, w in sizes],
+        pad_to=pad_to, size_divisibility=size_divisibility)
+    table = table if mode == "buckets" else None
   examples = grain.MapDataset.source(indices).map(functools.partial(
       _eval_example, source=source, min_size=min_size,
       max_size=max_size, pixel_mean=tuple(pixel_mean), pixel_std=tuple(pixel_std)))
   examples = examples.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                         prefetch_buffer_size=prefetch))
-  return _EvalBatches(examples, batch_size=batch_size, size_divisibility=size_divisibility,
-                      pad_size=None if pad_size is None else tuple(pad_size))
+  return EvalBatches(examples, batch_size=batch_size, size_divisibility=size_divisibility,
+                     table=table, fixed=arg if mode == "fixed" else None, indices=indices,
+                     sizes=sizes, min_size=min_size, max_size=max_size)

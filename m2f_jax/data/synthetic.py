@@ -426,6 +426,14 @@ class SyntheticSource(grain.sources.RandomAccessDataSource):
       raise IndexError(f"index {index} out of range for {self._num_images} synthetic records")
     return generate_record(index, **self._kwargs)
 
+  def image_sizes(self) -> list[tuple[int, int]]:
+    """(H, W) of every record, drawn as `generate_record` draws them (no image made)."""
+    if self._kwargs["image_size"] is not None:
+      return [tuple(self._kwargs["image_size"])] * self._num_images
+    stream = SPLITS.index(self._kwargs["split"])
+    return [random_image_size(np.random.default_rng([self._kwargs["seed"], stream, index]))
+            for index in range(self._num_images)]
+
   def __repr__(self) -> str:
     return f"SyntheticSource(num_images={self._num_images}, {self._kwargs})"
 

@@ -46,6 +46,9 @@ import numpy as np
 import PIL.Image
 
 from m2f_jax.data import targets as targets_lib
+# The size rules of the test-time resize live with the evaluation padding (no OpenCV there).
+from m2f_jax.data.eval_sizes import eval_resize_size
+from m2f_jax.data.eval_sizes import resize_shortest_edge_size
 
 # Image padding (uint8 RGB) of Detectron2's FixedSizeCrop and the semantic / panoptic mappers.
 OFFICIAL_IMAGE_PAD_VALUE = 128
@@ -161,19 +164,6 @@ def _with_padding_mask(record: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # Detectron2's size rules and colour augmentation
 # ------------------------------------------------------------------------------------------
-
-
-def resize_shortest_edge_size(height: int, width: int, short_edge: int,
-                              max_size: int | None) -> tuple[int, int]:
-  """Detectron2's `ResizeShortestEdge.get_output_shape`: shortest edge -> `short_edge`, then
-  the longest edge capped at `max_size` (None: no cap)."""
-  size = float(short_edge)
-  scale = size / min(height, width)
-  new_h, new_w = (size, scale * width) if height < width else (scale * height, size)
-  if max_size and max(new_h, new_w) > max_size:
-    scale = max_size / max(new_h, new_w)
-    new_h, new_w = new_h * scale, new_w * scale
-  return int(new_h + 0.5), int(new_w + 0.5)
 
 
 def resize_scale_size(height: int, width: int, *, scale: float,
@@ -405,14 +395,6 @@ def augment(record: Mapping[str, Any], rng: np.random.Generator, *,
 # ------------------------------------------------------------------------------------------
 # Test time: the official resize, normalization and padding (evaluation and predict)
 # ------------------------------------------------------------------------------------------
-
-
-def eval_resize_size(height: int, width: int, min_size: int | None,
-                     max_size: int | None) -> tuple[int, int]:
-  """The official test-time `ResizeShortestEdge(min_size, max_size)`; None: no resize."""
-  if not min_size:
-    return height, width
-  return resize_shortest_edge_size(height, width, min_size, max_size)
 
 
 def prepare_eval_image(image: np.ndarray, *, pixel_mean: Sequence[float],
