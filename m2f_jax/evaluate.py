@@ -13,7 +13,7 @@ split and compile counts under "timing". The metrics are those `config.eval.eval
 names (`m2f_jax.evaluation.EVALUATORS`); post-processing computes what they need. Used by
 `eval.py` and at the end of `train.py`.
 
-Compiles: with `eval.compile_ahead` (default) the split's padded sizes are read from the
+Compiles: with `eval.compile_ahead` (default: on GPUs and TPUs, not on a CPU) the split's padded sizes are read from the
 dataset without decoding images (`pipeline.image_sizes`), and every size's network and
 post-processing programs are lowered and compiled on a thread pool (`eval.compile_threads`,
 default one thread per core) in the order the batches will need them, while the first
@@ -122,7 +122,9 @@ def evaluate(*, config: ml_collections.ConfigDict, model, variables, workdir: st
   per_process = max(1, e.batch_size // jax.process_count())
   per_process = -(-per_process // mesh.devices.size) * mesh.devices.size
   pad_to = _pad_to(e)
-  compile_ahead = e.get("compile_ahead", True)
+  compile_ahead = e.get("compile_ahead", None)
+  if compile_ahead is None:  # accelerators only: a CPU's compile threads slow its evaluation
+    compile_ahead = jax.default_backend() != "cpu"
   t_sizes = time.perf_counter()
   sizes = pipeline.image_sizes(source) if compile_ahead else None  # None: unknown, or not read
   sizes_s = time.perf_counter() - t_sizes
