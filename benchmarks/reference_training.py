@@ -285,6 +285,18 @@ def _smooth(curve):
           losses[:n * SMOOTH].reshape(n, SMOOTH).mean(1))
 
 
+def _band(result):
+  """Ours' smoothed loss curves against the band of the reference's (min..max over seeds at
+  each point): the share of points inside, and ours' mean over the reference's mean."""
+  ref = np.stack([_smooth(r["loss_curve"])[1] for r in result["reference"]["seeds"]])
+  ours = np.stack([_smooth(r["loss_curve"])[1] for r in result["ours"]["seeds"]])
+  lo, hi = ref.min(0), ref.max(0)
+  inside = (ours >= lo) & (ours <= hi)
+  return {"points": int(ref.shape[1]), "share_inside": float(inside.mean()),
+          "ours_mean_over_reference_mean": float(np.mean(ours.mean(0) / ref.mean(0))),
+          "last_point": {"ours": ours[:, -1].tolist(), "reference": ref[:, -1].tolist()}}
+
+
 def _plot(result, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -365,10 +377,15 @@ def main(argv=None):
     result["ours"], result["reference"] = _summary(ours), _summary(ref)
     if equal:
       result["equal_wall_clock"] = _summary(equal)
+    result["loss_band"] = _band(result)
     with open(os.path.join(args.output, "reference_training.json"), "w") as f:
       json.dump(result, f, indent=1)
   _plot(result, os.path.join(args.output, "reference_training.png"))
   print(_table(result))
+  band = result["loss_band"]
+  print(f"ours' loss curves (mean of {SMOOTH} steps) inside the reference's seed band at "
+        f"{100 * band['share_inside']:.0f}% of {band['points']} points; ours' mean / the "
+        f"reference's mean: {band['ours_mean_over_reference_mean']:.3f}")
   t = result["timing"]
   print(f"s/step side by side ({t['steps_per_side']} steps each, alternating): ours "
         f"{t['ours_s_per_step']:.3f}, reference {t['reference_s_per_step']:.3f}, ratio "
