@@ -114,6 +114,9 @@ def test_reference_training_report_has_both_sides_seeds_medians_and_curves(tmp_p
   assert len(table.splitlines()) == 1 + (2 + 1) + (3 + 1)
   x, y = bench._smooth(result["ours"]["seeds"][0]["loss_curve"])
   assert len(x) == len(y) == 100 // bench.SMOOTH
+  band = bench._band(result)
+  assert band["points"] == 100 // bench.SMOOTH and 0 <= band["share_inside"] <= 1
+  assert abs(band["ours_mean_over_reference_mean"] - 1) < 0.05  # same made-up curve + noise
   bench._plot(result, tmp_path / "curves.png")
   assert (tmp_path / "curves.png").stat().st_size > 1000
 
