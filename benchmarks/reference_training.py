@@ -338,6 +338,8 @@ def main(argv=None):
   parser.add_argument("--output", default="/tmp/m2f_reference_training")
   parser.add_argument("--no-equal-wall-clock", dest="equal_wall_clock", action="store_false",
                       help="skip ours' run at the reference's training time")
+  parser.add_argument("--equal-wall-clock-seeds", type=int, default=None,
+                      help="run the equal-wall-clock comparison for the first N seeds only")
   args = parser.parse_args(argv)
   os.makedirs(args.output, exist_ok=True)
   from m2f_jax import checkpoint  # pylint: disable=g-import-not-at-top
@@ -370,7 +372,8 @@ def main(argv=None):
     print(f"seed {seed}: reference ({args.steps} steps)", flush=True)
     ref.append(_reference(args, seed, config, init))
     print(f"  reference: PQ {ref[-1]['PQ']:.2f}", flush=True)
-    if args.equal_wall_clock:
+    if args.equal_wall_clock and (args.equal_wall_clock_seeds is None
+                                  or seed < args.equal_wall_clock_seeds):
       print(f"seed {seed}: ours at the reference's time for {args.steps} steps "
             f"({equal_steps} steps)", flush=True)
       equal.append(_ours(args, seed, init_dir, equal_steps, "ours_equal_wall_clock"))
