@@ -174,13 +174,7 @@ def _train_reference(args, seed, config, init_variables):
   for step in range(1, steps + 1):
     t0 = time.perf_counter()
     batch = jax.tree.map(np.asarray, dense(next(batches)))
-    total, _ = twin_lib.losses(twin, batch)
-    opt.zero_grad(set_to_none=True)
-    total.backward()
-    clip()
-    opt.step()
-    sched.step()
-    loss = float(total.detach())
+    loss = twin_lib.train_step(twin, opt, sched, clip, batch)
     if not np.isfinite(loss):
       raise FloatingPointError(f"reference seed {seed}: non-finite loss at step {step}")
     step_times.append(time.perf_counter() - t0)
@@ -244,13 +238,7 @@ def _timing(args, config, init_variables):
     times = []
     for b in dense:
       t = time.perf_counter()
-      total, _ = twin_lib.losses(twin, b)
-      opt.zero_grad(set_to_none=True)
-      total.backward()
-      clip()
-      opt.step()
-      sched.step()
-      float(total.detach())
+      twin_lib.train_step(twin, opt, sched, clip, b)
       times.append(time.perf_counter() - t)
     return times
 

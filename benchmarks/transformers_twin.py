@@ -13,7 +13,7 @@ compares their step-0 losses and gradients; both get everything torch-side from 
     on the tensor it converts to), our schedule (`LambdaLR` of the same function) and
     clipping;
   * `torch_batch(batch)` and `losses(twin, batch)`: one dense batch of ours as transformers'
-    inputs, and transformers' loss terms with the weighted total;
+    inputs, and transformers' loss terms with the weighted total; `train_step`: one step;
   * `point_queue(points, matches)` and `fixed_rand(torch, queue)`: the random points our
     criterion drew, in the order in which transformers draws its own, to replace `torch.rand`.
 
@@ -231,6 +231,18 @@ def losses(twin, batch: dict, rand_queue: list | None = None):
                            f"({len(rand_queue)} left)")
   total = sum(twin.weight_dict[k.rstrip("_0123456789")] * v for k, v in terms.items())
   return total, {k.replace("loss_cross_entropy", "loss_ce"): v for k, v in terms.items()}
+
+
+def train_step(twin, opt, sched, clip, batch: dict) -> float:
+  """One training step of the twin on a dense batch of ours: loss, backward, clipping, AdamW,
+  schedule. Returns the step's total loss."""
+  total, _ = losses(twin, batch)
+  opt.zero_grad(set_to_none=True)
+  total.backward()
+  clip()
+  opt.step()
+  sched.step()
+  return float(total.detach())
 
 
 def point_queue(points: dict, matches: list) -> list[np.ndarray]:
