@@ -93,7 +93,9 @@ def test_second_eval_in_the_same_cache_compiles_nothing(tmp_path):
   from m2f_jax import config_lib  # pylint: disable=g-import-not-at-top
   from m2f_jax.models.mask2former import build_model  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config_file(f"{REPO / 'configs' / 'tiny.py'}:slim")
-  config.eval.update(object_mask_threshold=0.0, batch_size=2)
+  # compile_ahead: its default (None) compiles ahead on accelerators only; this test's
+  # "nothing compiles in the loop" needs it on the CPU too.
+  config.eval.update(object_mask_threshold=0.0, batch_size=2, compile_ahead=True)
   model = build_model(config.model)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3), np.float32))
   model_dir = checkpoint.save_model(str(tmp_path / "model"), config, variables)
