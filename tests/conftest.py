@@ -41,7 +41,10 @@ import pytest
 from tests.proc import FAST_COMPILE_FLAGS
 
 MIN_CACHED_COMPILE_S = 0.5  # below this a compile is cheaper than its cache entry is worth
-COMPILE_BUDGET = 170  # expensive compiles, a full run, all processes; 148 measured 2026-12-08
+# Expensive compiles, a full run, all processes: 148 measured 2026-12-08 01:24; 172 at 04:36
+# after the training-parity, evaluation-compile (cache, ahead of time, buckets) and
+# experiments tests came in (fresh clone of 10cfb7f, `bash .ci/run`).
+COMPILE_BUDGET = 190
 MAX_RECOMPILES_PER_TEST = 4
 # Measured 2026-12-07 (full run, 2 workers): the files of over ~40 s, longest first.
 LONGEST_FIRST = ("test_faults.py", "test_colab.py", "test_training.py", "test_video_training.py",

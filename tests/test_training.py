@@ -353,9 +353,9 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, uninterrupted):
   _assert_trees_close(final[0], final[1], rtol=1e-6, atol=1e-7, what="resumed")
   results = [_flat_numbers(json.loads((d / "eval_results.json").read_text()))
              for d in (tmp_path, reference_dir)]
-  for r in results:  # wall times differ between runs; compile counts and metrics do not
-    del r["/seconds"]
-    for key in [k for k in r if k.startswith("/timing/") and k.endswith("_s")]:
+  for r in results:  # wall times and compile counts differ between runs (the other run
+    del r["/seconds"]  # may have filled the persistent cache first); metrics do not
+    for key in [k for k in r if k.startswith("/timing/")]:
       del r[key]
   assert "/panoptic_seg/PQ" in results[0]
   assert results[0] == pytest.approx(results[1], nan_ok=True)
